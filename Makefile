@@ -1,0 +1,35 @@
+# nasrun developer targets. `make help` lists them.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow demo lint bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install nasrun with its dev tools (editable)
+
+test: install  ## the fast test suite (minutes, CPU)
+	$(PY) -m pytest -q
+
+test-slow: install  ## the long end-to-end tests
+	$(PY) -m pytest -q -m slow
+
+demo: install  ## a real, small DARTS search + retrain on the bundled digits data
+	$(VENV)/bin/nasrun experiment=demo
+
+lint: install  ## ruff (lint + format check) and mypy
+	$(VENV)/bin/ruff check nasrun hydra_plugins tests scripts
+	$(VENV)/bin/ruff format --check nasrun hydra_plugins tests scripts
+	$(VENV)/bin/mypy
+
+bench: install  ## DARTS search-step benchmark on synthetic data (see README)
+	$(PY) scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 --image-size 32 --steps 5

@@ -1,0 +1,5 @@
+"""``python -m nasrun``."""
+
+from nasrun.cli import main
+
+main()

@@ -1,0 +1,150 @@
+"""Dataclass schemas for every config group.
+
+Each YAML file in ``conf/<group>/`` starts its defaults list with ``<name>_schema``, so Hydra
+validates it against the dataclass at compose time: a misspelt key or a value of the wrong type
+stops the run before any data is loaded. Value ranges (``epochs > 0`` ...) are checked by the
+constructors, which the pipeline calls before any training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class Task(str, Enum):
+    nas = "nas"  # search, derive, retrain, evaluate
+    retrain = "retrain"  # retrain a given genotype (genotype=NAME or genotype_path=PATH)
+
+
+@dataclass
+class NasrunConfig:
+    task: Task = Task.nas
+    seed: int = 0
+    resume: bool = False
+    genotype_path: str | None = None
+    search: Any = None
+    space: Any = MISSING
+    data: Any = None
+    trainer: Any = MISSING
+    retrain: Any = None
+    evaluator: Any = None
+    genotype: Any = None
+
+
+@dataclass
+class TrainerConfig:
+    _target_: str = "nasrun.train.trainer.Trainer"
+    device: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    epochs: int = 600
+    batch_size: int = 96
+    lr: float = 0.025
+    lr_min: float = 0.0
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    eval_batch_size: int = 256
+
+
+@dataclass
+class RetrainConfig:
+    network: dict[str, Any] = field(default_factory=dict)
+    auxiliary_weight: float = 0.4
+    drop_path: float = 0.2
+    cutout: int = 16
+
+
+@dataclass
+class CifarCellSpaceConfig:
+    _target_: str = "nasrun.space.cifar_cell.CifarCellSpace"
+    layers: int = 8
+    channels: int = 16
+    nodes: int = 4
+    stem_multiplier: int = 3
+    ops: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DartsSearchConfig:
+    _target_: str = "nasrun.search.darts.DartsSearch"
+    _partial_: bool = True
+    order: int = 1
+    epochs: int = 50
+    batch_size: int = 64
+    train_portion: float = 0.5
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    arch_weight_decay: float = 1e-3
+    unrolled_eps: float = 0.01
+
+
+@dataclass
+class CifarDataConfig:
+    _target_: str = "nasrun.data.cifar.cifar10"
+    root: str = "~/.cache/nasrun"
+    download: bool = True
+    val_portion: float = 0.0
+    split_seed: int = 0
+
+
+@dataclass
+class DigitsDataConfig:
+    _target_: str = "nasrun.data.digits.digits"
+    image_size: int = 16
+    val_portion: float = 0.2
+    test_portion: float = 0.2
+    split_seed: int = 0
+    crop_padding: int = 1
+
+
+@dataclass
+class SyntheticDataConfig:
+    _target_: str = "nasrun.data.synthetic.synthetic"
+    n_train: int = 512
+    n_test: int = 128
+    image_size: int = 32
+    in_channels: int = 3
+    num_classes: int = 10
+    val_portion: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class GenotypeConfig:
+    name: str = ""
+    space: str = "cifar_cell"
+    normal: list[Any] = field(default_factory=list)
+    normal_concat: list[int] = field(default_factory=list)
+    reduce: list[Any] = field(default_factory=list)
+    reduce_concat: list[int] = field(default_factory=list)
+
+
+SCHEMAS: dict[str, dict[str, Any]] = {
+    "trainer": {"trainer_schema": TrainerConfig},
+    "retrain": {"retrain_schema": RetrainConfig},
+    "space": {"cifar_cell_schema": CifarCellSpaceConfig},
+    "search": {"darts_schema": DartsSearchConfig},
+    "data": {"cifar_schema": CifarDataConfig, "digits_schema": DigitsDataConfig, "synthetic_schema": SyntheticDataConfig},
+    "genotype": {"genotype_schema": GenotypeConfig},
+}
+
+
+def register_configs(extra: dict[str, dict[str, Any]] | None = None) -> None:
+    """Store the root schema and every group schema in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=NasrunConfig)
+    for group, nodes in {**SCHEMAS, **(extra or {})}.items():
+        for name, node in nodes.items():
+            cs.store(group=group, name=name, node=node)

@@ -1,0 +1,36 @@
+"""The evaluator interface used by black-box search strategies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from nasrun.space.genotype import Genotype
+
+if TYPE_CHECKING:
+    from nasrun.search.base import SearchContext
+
+
+@dataclass
+class Evaluation:
+    """The outcome of evaluating one architecture.
+
+    Attributes:
+        val_acc: validation accuracy in percent: the only number a strategy may learn from.
+        test_acc: test accuracy in percent, reported for the chosen architecture, never used to choose.
+        cost_s: seconds the evaluation took (training time, or the benchmark's recorded cost).
+        extra: anything else worth recording (params, FLOPs, losses).
+    """
+
+    val_acc: float
+    test_acc: float | None = None
+    cost_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Evaluator(Protocol):
+    """Scores architectures. Built from ``conf/evaluator/*.yaml`` with its own arguments only."""
+
+    def evaluate(self, genotype: Genotype, ctx: SearchContext) -> Evaluation:
+        """Score ``genotype``; ``ctx`` carries the space, data, trainer and run folder."""
+        ...

@@ -1,0 +1,151 @@
+"""One nasrun run: build the components from the config, search, derive, retrain, report.
+
+This module wires what the config names; it never branches on an algorithm's name. Every
+component is built (and its arguments checked) before any training starts.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from nasrun import UserError
+from nasrun.report.console import get_console
+from nasrun.report.results import count_flops, count_params, print_summary, write_result
+from nasrun.search.base import SearchContext, SearchResult
+from nasrun.space.genotype import Genotype, write_json_atomic
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _given_genotype(cfg: DictConfig) -> Genotype | None:
+    """The genotype named by ``genotype_path`` or the ``genotype`` group, if any."""
+    if cfg.get("genotype_path"):
+        return Genotype.load(Path(str(cfg.genotype_path)).expanduser())
+    if cfg.get("genotype") is not None:
+        data = OmegaConf.to_container(cfg.genotype, resolve=True)
+        assert isinstance(data, dict)
+        name = data.pop("name", "") or "genotype"
+        return Genotype.from_dict(data, where=f"genotype={name}")
+    return None
+
+
+def _check_fresh_run_dir(run_dir: Path, resume: bool) -> None:
+    ckpts = run_dir / "checkpoints"
+    if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
+        raise UserError(
+            f"{run_dir} already holds checkpoints: add resume=true to continue that run, or choose another hydra.run.dir"
+        )
+
+
+def run(cfg: DictConfig, run_dir: Path) -> float:
+    """Run the task described by ``cfg`` in ``run_dir``; return the objective (validation accuracy, %).
+
+    Raises:
+        UserError: for anything wrong in the config or the files it names.
+    """
+    console = get_console()
+    _check_fresh_run_dir(run_dir, cfg.resume)
+    seed_everything(cfg.seed)
+    task = str(cfg.task.value if hasattr(cfg.task, "value") else cfg.task)
+
+    # -- build and validate everything first ---------------------------------------------------
+    space = instantiate(cfg.space)
+    trainer = instantiate(cfg.trainer) if cfg.get("trainer") is not None else None
+    given = _given_genotype(cfg)
+    if task == "retrain":
+        if given is None:
+            raise UserError("task=retrain needs genotype=NAME (see conf/genotype/) or genotype_path=PATH/genotype.json")
+        if cfg.get("retrain") is None:
+            raise UserError("task=retrain needs a retrain config (retrain=darts)")
+        space.validate(given)
+    strategy = instantiate(cfg.search)(space=space, seed=cfg.seed) if task == "nas" else None
+    if task == "nas" and strategy is None:
+        raise UserError("task=nas needs a search strategy (search=darts, search=random_search, ...)")
+    evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") is not None else None
+    data = instantiate(cfg.data) if cfg.get("data") is not None else None
+    if data is not None:
+        console.print(f"[bold]data[/] {data.describe()}  [bold]device[/] {trainer.device if trainer else '-'}")
+    if cfg.get("retrain") is not None and data is None:
+        raise UserError("retraining needs data (data=digits, data=cifar10, ...); or disable it with retrain=null")
+
+    result: dict[str, Any] = {"task": task, "seed": cfg.seed, "space": space.name}
+    timings: dict[str, float] = {}
+
+    # -- search ---------------------------------------------------------------------------------
+    if strategy is not None:
+        t0 = time.perf_counter()
+        ctx = SearchContext(space=space, run_dir=run_dir, seed=cfg.seed, resume=cfg.resume, data=data, trainer=trainer, evaluator=evaluator)
+        searched: SearchResult = strategy.run(ctx)
+        timings["search_s"] = time.perf_counter() - t0
+        genotype = searched.genotype
+        result.update(searched.metrics)
+    else:
+        assert given is not None
+        genotype = given
+    genotype.save(run_dir / "genotype.json")
+    result["genotype"] = space.describe(genotype)
+    _draw(genotype, run_dir)
+
+    # -- retrain --------------------------------------------------------------------------------
+    objective = result.get("search_val_acc")
+    if cfg.get("retrain") is not None:
+        assert data is not None and trainer is not None
+        net_cfg = OmegaConf.to_container(cfg.retrain.network, resolve=True)
+        assert isinstance(net_cfg, dict)
+        seed_everything(cfg.seed)
+        try:
+            model = space.build_network(genotype, num_classes=data.num_classes, in_channels=data.in_channels, **net_cfg)
+        except TypeError as e:
+            raise UserError(f"retrain.network: {e} (space {space.name!r})") from None
+        result["params"] = count_params(model)
+        result["flops"] = count_flops(model, (1, data.in_channels, data.image_size, data.image_size))
+        t0 = time.perf_counter()
+        metrics = trainer.fit(
+            model,
+            data,
+            run_dir=run_dir,
+            phase="retrain",
+            aux_weight=cfg.retrain.auxiliary_weight,
+            drop_path=cfg.retrain.drop_path,
+            cutout=cfg.retrain.cutout,
+            resume=cfg.resume,
+            seed=cfg.seed,
+        )
+        timings["retrain_s"] = time.perf_counter() - t0
+        result.update({"val_acc": metrics.get("val_acc"), "test_acc": metrics["test_acc"], "train_acc": metrics["train_acc"], "epochs": metrics["epochs"]})
+        objective = metrics.get("val_acc", objective)
+    else:
+        # No retraining: the search's own numbers are the result (tabular benchmarks).
+        result["val_acc"] = result.get("search_val_acc")
+        result["test_acc"] = result.get("search_test_acc")
+    result["wall_s"] = timings
+    write_result(run_dir / "result.json", result)
+    print_summary(result)
+    if objective is None:
+        raise UserError("no validation accuracy to return: set data.val_portion > 0 for a retrain-only run's objective")
+    return float(objective)
+
+
+def _draw(genotype: Genotype, run_dir: Path) -> None:
+    """The PNG drawing of the cells; a plotting failure never costs the run its results."""
+    try:
+        from nasrun.report.plots import plot_cells
+
+        plot_cells(genotype, run_dir / "cells.png")
+    except Exception as e:  # noqa: BLE001 - drawing is a convenience, results matter more
+        get_console().print(f"[yellow]could not draw the cells: {e}")
+
+
+__all__ = ["run", "seed_everything", "write_json_atomic"]

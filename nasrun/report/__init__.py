@@ -1,0 +1,1 @@
+"""Reporting: rich console output, result files and plots."""

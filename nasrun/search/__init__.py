@@ -1,0 +1,1 @@
+"""Search strategies: one module per strategy, each returning a ``SearchResult``."""

@@ -1,0 +1,169 @@
+"""The interface between the pipeline and search strategies, and the ask/tell driver loop.
+
+Every strategy is built by Hydra with ``_partial_: true`` and then called as
+``factory(space=space, seed=seed)``; the pipeline then calls ``strategy.run(ctx)``. One-shot
+strategies (DARTS) implement ``run`` themselves. Black-box strategies subclass
+``BlackBoxStrategy`` and implement ``ask``/``tell``/``state_dict``/``load_state_dict``; the shared
+loop here evaluates, records ``history.jsonl``, checkpoints after every evaluation and resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from nasrun import UserError
+from nasrun.report.console import get_console, progress_bar
+from nasrun.space.base import SearchSpace
+from nasrun.space.genotype import Genotype
+from nasrun.train.checkpoint import load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from nasrun.data.base import DataModule
+    from nasrun.evaluator.base import Evaluator
+    from nasrun.train.trainer import Trainer
+
+
+@dataclass
+class SearchContext:
+    """Everything a strategy may use, built by the pipeline from the config.
+
+    Attributes:
+        space: the search space.
+        run_dir: the Hydra run folder; strategies write ``history.jsonl`` and ``checkpoints/`` here.
+        seed: the run's seed.
+        resume: continue from ``run_dir/checkpoints`` if a checkpoint is there.
+        data: the data module (None for tabular-only runs).
+        trainer: the trainer (device, precision, optimiser settings).
+        evaluator: scores genotypes for black-box strategies.
+    """
+
+    space: SearchSpace
+    run_dir: Path
+    seed: int = 0
+    resume: bool = False
+    data: DataModule | None = None
+    trainer: Trainer | None = None
+    evaluator: Evaluator | None = None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+
+@dataclass
+class SearchResult:
+    """What a search returns: the chosen genotype, its metrics and the per-step history."""
+
+    genotype: Genotype
+    metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class SearchStrategy(Protocol):
+    def run(self, ctx: SearchContext) -> SearchResult: ...
+
+
+class HistoryLog:
+    """``history.jsonl``: one JSON line per step, rewritten from the checkpoint on resume."""
+
+    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = list(records or [])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Rewrite what the checkpoint knows, dropping lines of a step that never checkpointed.
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        tmp.replace(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class BlackBoxStrategy(ABC):
+    """A strategy that proposes architectures and learns from their scores (higher is better).
+
+    Args:
+        space: the search space.
+        seed: seeds the strategy's own random number generators.
+        budget: number of architectures to evaluate.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: int = 100) -> None:
+        if budget <= 0:
+            raise UserError(f"search.budget must be > 0, got {budget}")
+        self.space = space
+        self.seed = seed
+        self.budget = budget
+
+    @abstractmethod
+    def ask(self) -> Genotype:
+        """Propose the next architecture to evaluate."""
+
+    @abstractmethod
+    def tell(self, genotype: Genotype, score: float) -> None:
+        """Report the score (validation accuracy, %) of an architecture from ``ask``."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue identically (RNG states included); torch-saveable."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from ``state_dict``."""
+
+    def run(self, ctx: SearchContext) -> SearchResult:
+        """Evaluate ``budget`` architectures, checkpointing after each one."""
+        if ctx.evaluator is None:
+            raise UserError("this search strategy needs an evaluator: set evaluator=train or evaluator=tabular")
+        ckpt_path = ctx.checkpoint_dir / "search.pt"
+        records: list[dict[str, Any]] = []
+        if ctx.resume and ckpt_path.is_file():
+            state = load_checkpoint(ckpt_path)
+            self.load_state_dict(state["strategy"])
+            records = state["history"]
+        log = HistoryLog(ctx.run_dir / "history.jsonl", records)
+        best: dict[str, Any] | None = max(records, key=lambda r: r["val_acc"], default=None)
+        t0 = time.perf_counter()
+        console = get_console()
+        with progress_bar("search", total=self.budget, completed=len(records)) as advance:
+            while len(log.records) < self.budget:
+                genotype = self.ask()
+                ev = ctx.evaluator.evaluate(genotype, ctx)
+                if not math.isfinite(ev.val_acc):
+                    raise UserError(f"evaluator returned a non-finite score ({ev.val_acc}) for {ctx.space.describe(genotype)}")
+                self.tell(genotype, ev.val_acc)
+                record = {
+                    "step": len(log.records),
+                    "arch": ctx.space.describe(genotype),
+                    "genotype": genotype.to_dict(),
+                    "val_acc": ev.val_acc,
+                    "test_acc": ev.test_acc,
+                    "cost_s": ev.cost_s,
+                    "wall_s": time.perf_counter() - t0,
+                }
+                if best is None or ev.val_acc > best["val_acc"]:
+                    best = record
+                record["best_val_acc"] = best["val_acc"]
+                log.append(record)
+                save_checkpoint(ckpt_path, {"strategy": self.state_dict(), "history": log.records})
+                advance(1, f"best val {best['val_acc']:.2f}")
+        assert best is not None
+        console.print(f"[bold]search[/] best val_acc {best['val_acc']:.2f} after {len(log.records)} evaluations")
+        genotype = Genotype.from_dict(best["genotype"])
+        return SearchResult(
+            genotype=genotype,
+            metrics={
+                "search_val_acc": best["val_acc"],
+                "search_test_acc": best["test_acc"],
+                "n_evaluations": len(log.records),
+            },
+            history=log.records,
+        )

@@ -1,0 +1,1 @@
+"""Search spaces: the op registry, the genotype, and one module per space."""

@@ -1,0 +1,305 @@
+"""The DARTS / NASNet CIFAR cell space and its discrete network (Liu et al. 2019; Zoph et al. 2018).
+
+A cell has two inputs (the outputs of the two previous cells, numbered 0 and 1) and ``nodes``
+intermediate nodes (numbered 2..); node ``i`` sums two edges, each an op applied to an earlier
+state. The cell output concatenates the intermediate nodes. The network stacks ``layers`` cells;
+those at ``layers // 3`` and ``2 * layers // 3`` are reduction cells (stride 2, channels doubled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from nasrun import UserError
+from nasrun.space.genotype import Genotype, GenotypeError
+from nasrun.space.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, check_op, make_op
+
+
+def reduction_layers(layers: int) -> tuple[int, int]:
+    """Indices of the two reduction cells (DARTS: ``layers // 3`` and ``2 * layers // 3``)."""
+    return layers // 3, 2 * layers // 3
+
+
+def check_layers(layers: int, key: str = "space.layers") -> None:
+    """Two distinct reduction cells with a normal cell before the first need at least 3 layers."""
+    a, b = reduction_layers(layers)
+    if layers < 3 or a == 0 or a == b:
+        raise UserError(f"{key}={layers}: need at least 3 cells so the two reduction cells are distinct (got reductions at {a} and {b})")
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest (Larsson et al. 2017)."""
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask / keep
+
+
+class Cell(nn.Module):
+    """A discrete cell built from a genotype's edges (two per intermediate node)."""
+
+    def __init__(
+        self,
+        edges: Sequence[tuple[str, int]],
+        concat: Sequence[int],
+        C_prev_prev: int,
+        C_prev: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+    ):
+        super().__init__()
+        self.preprocess0 = FactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        self.reduction = reduction
+        self.inputs = [j for _, j in edges]
+        self.concat = list(concat)
+        self.multiplier = len(self.concat)
+        self.ops = nn.ModuleList(make_op(name, C, 2 if reduction and j < 2 else 1) for name, j in edges)
+        self.is_identity = [isinstance(op, nn.Identity) for op in self.ops]
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for k in range(0, len(self.ops), 2):
+            node = 0
+            for op, j, ident in zip(self.ops[k : k + 2], self.inputs[k : k + 2], self.is_identity[k : k + 2]):
+                h = op(states[j])
+                # Identity edges are never dropped: dropping them would remove the only gradient path.
+                if self.training and drop_prob > 0.0 and not ident:
+                    h = drop_path(h, drop_prob)
+                node = node + h
+            states.append(node)
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """Auxiliary classifier on 8x8 feature maps (Szegedy et al. 2016; DARTS retraining)."""
+
+    def __init__(self, C: int, num_classes: int):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.pool = nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False)  # 8x8 -> 2x2
+        self.features = nn.Sequential(
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+            nn.BatchNorm2d(768),
+            nn.ReLU(inplace=True),
+        )
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        # The DARTS head expects 8x8 maps (32x32 inputs); smaller inputs pool adaptively to 2x2.
+        x = self.pool(x) if x.shape[-1] >= 8 else nn.functional.adaptive_avg_pool2d(x, 2)
+        return self.classifier(self.features(x).flatten(1))
+
+
+class CifarCellNetwork(nn.Module):
+    """The discrete network for a genotype: stem, ``layers`` cells, global pool, linear classifier.
+
+    Args:
+        genotype: the cells to stack.
+        C: initial channels (36 for DARTS retraining).
+        num_classes: classifier outputs.
+        layers: number of cells (20 for DARTS retraining).
+        auxiliary: add the auxiliary head after the second reduction cell.
+        in_channels: image channels (3 for CIFAR, 1 for digits).
+        stem_multiplier: the stem outputs ``stem_multiplier * C`` channels.
+
+    Shapes: input ``[B, in_channels, H, W]``; output logits ``[B, num_classes]``, or
+    ``(logits, aux_logits)`` in training mode with ``auxiliary=True``.
+    """
+
+    def __init__(
+        self,
+        genotype: Genotype,
+        C: int,
+        num_classes: int,
+        layers: int,
+        auxiliary: bool = False,
+        in_channels: int = 3,
+        stem_multiplier: int = 3,
+    ):
+        super().__init__()
+        check_layers(layers, "layers")
+        self.auxiliary = auxiliary
+        self.drop_path_prob = 0.0
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        reductions = reduction_layers(layers)
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        C_aux = C_prev
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                C_curr *= 2
+            edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == reductions[1]:
+                C_aux = C_prev
+        self.aux_index = reductions[1]
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        s0 = s1 = self.stem(x)
+        aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_index and self.auxiliary_head is not None and self.training:
+                aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return (logits, aux) if aux is not None else logits
+
+
+class CifarCellSpace:
+    """The DARTS CIFAR cell space.
+
+    Args:
+        layers: cells in the search network (DARTS search: 8).
+        channels: initial channels of the search network (DARTS search: 16).
+        nodes: intermediate nodes per cell (DARTS: 4).
+        stem_multiplier: stem width as a multiple of ``channels`` (DARTS: 3).
+        ops: candidate operations; ``none`` may be among them (never chosen by a derivation).
+    """
+
+    name = "cifar_cell"
+
+    def __init__(
+        self,
+        layers: int = 8,
+        channels: int = 16,
+        nodes: int = 4,
+        stem_multiplier: int = 3,
+        ops: Sequence[str] = DARTS_OPS,
+    ):
+        check_layers(layers)
+        if channels < 2 or channels % 2:
+            raise UserError(f"space.channels={channels}: must be an even number >= 2 (reduction cells halve it)")
+        if nodes < 1:
+            raise UserError(f"space.nodes={nodes}: must be >= 1")
+        if stem_multiplier < 1:
+            raise UserError(f"space.stem_multiplier={stem_multiplier}: must be >= 1")
+        ops = list(ops)
+        for name in ops:
+            check_op(name, "space.ops")
+        if len(set(ops)) != len(ops):
+            raise UserError(f"space.ops: duplicate operation in {ops}")
+        if not [o for o in ops if o != "none"]:
+            raise UserError("space.ops: needs at least one operation other than 'none'")
+        self.layers = layers
+        self.channels = channels
+        self.nodes = nodes
+        self.stem_multiplier = stem_multiplier
+        self.ops = ops
+        # Architectures never use `none`: the derivation drops it (Liu et al. 2019, Sec. 2.4).
+        self.choosable_ops = [o for o in ops if o != "none"]
+
+    # -- the categorical-decision view (black-box strategies) -------------------------------
+    def decisions(self) -> list[int]:
+        """Per node of the normal then the reduction cell: input 1, input 2, op 1, op 2."""
+        n_ops = len(self.choosable_ops)
+        per_cell: list[int] = []
+        for i in range(self.nodes):
+            per_cell += [i + 2, i + 2, n_ops, n_ops]
+        return per_cell + per_cell
+
+    def decision_groups(self) -> list[int]:
+        return [4] * (2 * self.nodes)
+
+    def decode(self, choices: Sequence[int]) -> Genotype:
+        sizes = self.decisions()
+        if len(choices) != len(sizes) or any(not 0 <= c < n for c, n in zip(choices, sizes)):
+            raise GenotypeError(f"choices {list(choices)} do not fit decisions {sizes}")
+        cells = []
+        for cell in range(2):
+            edges = []
+            for i in range(self.nodes):
+                base = 4 * (cell * self.nodes + i)
+                in1, in2, op1, op2 = choices[base : base + 4]
+                edges += [(self.choosable_ops[op1], in1), (self.choosable_ops[op2], in2)]
+            cells.append(tuple(edges))
+        concat = tuple(range(2, 2 + self.nodes))
+        return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat, space=self.name)
+
+    def encode(self, genotype: Genotype) -> list[int]:
+        self.validate(genotype)
+        out: list[int] = []
+        for edges in (genotype.normal, genotype.reduce):
+            for i in range(self.nodes):
+                (o1, j1), (o2, j2) = edges[2 * i], edges[2 * i + 1]
+                out += [j1, j2, self.choosable_ops.index(o1), self.choosable_ops.index(o2)]
+        return out
+
+    def validate(self, genotype: Genotype) -> None:
+        """Raise ``GenotypeError`` naming the first edge or key that does not fit this space."""
+        expected = 2 * self.nodes
+        for cell, edges, concat in (
+            ("normal", genotype.normal, genotype.normal_concat),
+            ("reduce", genotype.reduce, genotype.reduce_concat),
+        ):
+            if len(edges) != expected:
+                raise GenotypeError(f"genotype.{cell}: expected {expected} edges (2 per node, {self.nodes} nodes), got {len(edges)}")
+            for k, (op, j) in enumerate(edges):
+                check_op(op, f"genotype.{cell}[{k}]")
+                if op == "none":
+                    raise GenotypeError(f"genotype.{cell}[{k}]: 'none' cannot be an edge of a derived cell")
+                if op not in self.choosable_ops:
+                    raise GenotypeError(f"genotype.{cell}[{k}]: operation {op!r} is not in space.ops {self.choosable_ops}")
+                node = k // 2 + 2
+                if j >= node:
+                    raise GenotypeError(f"genotype.{cell}[{k}]: node {node} cannot take input {j} (must be < {node})")
+            bad = [c for c in concat if not 2 <= c < 2 + self.nodes]
+            if bad or not concat:
+                raise GenotypeError(f"genotype.{cell}_concat: {list(concat)} must list nodes in 2..{self.nodes + 1}")
+
+    def describe(self, genotype: Genotype) -> str:
+        def cell(edges: Sequence[tuple[str, int]]) -> str:
+            return " | ".join(" ".join(f"{op}~{j}" for op, j in edges[k : k + 2]) for k in range(0, len(edges), 2))
+
+        return f"normal: {cell(genotype.normal)} ; reduce: {cell(genotype.reduce)}"
+
+    def build_network(
+        self,
+        genotype: Genotype,
+        num_classes: int,
+        in_channels: int,
+        channels: int | None = None,
+        layers: int | None = None,
+        auxiliary: bool = False,
+    ) -> CifarCellNetwork:
+        """The discrete network; ``channels``/``layers`` default to the search size."""
+        self.validate(genotype)
+        return CifarCellNetwork(
+            genotype,
+            C=channels or self.channels,
+            num_classes=num_classes,
+            layers=layers or self.layers,
+            auxiliary=auxiliary,
+            in_channels=in_channels,
+            stem_multiplier=self.stem_multiplier,
+        )
+
+    def build_supernet(self, num_classes: int, in_channels: int):  # noqa: ANN201 - see supernet module
+        """The DARTS supernet over this space (continuous relaxation of every edge)."""
+        from nasrun.space.cifar_cell_supernet import CifarCellSupernet
+
+        return CifarCellSupernet(
+            C=self.channels,
+            num_classes=num_classes,
+            layers=self.layers,
+            nodes=self.nodes,
+            ops=self.ops,
+            stem_multiplier=self.stem_multiplier,
+            in_channels=in_channels,
+        )

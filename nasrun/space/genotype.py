@@ -1,0 +1,153 @@
+"""The genotype: a discrete cell architecture as a typed, JSON-serialisable value.
+
+A genotype lists, for each cell kind, the chosen ``(op, input)`` edges in node order and the nodes
+whose outputs are concatenated into the cell output. Inputs ``0`` and ``1`` are the outputs of the
+two previous cells; ``2..`` are the cell's own intermediate nodes (DARTS numbering, Liu et al. 2019).
+How edges are grouped into nodes is the search space's knowledge (two per node in the DARTS cell
+space, ``i`` for node ``i`` in NAS-Bench-201).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nasrun import UserError
+
+Edge = tuple[str, int]
+
+
+class GenotypeError(UserError):
+    """A genotype file or value that cannot be used."""
+
+
+def _edges(value: Any, where: str) -> tuple[Edge, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise GenotypeError(f"{where}: expected a list of [op, input] pairs, got {type(value).__name__}")
+    out: list[Edge] = []
+    for i, pair in enumerate(value):
+        if (
+            not isinstance(pair, (list, tuple))
+            or len(pair) != 2
+            or not isinstance(pair[0], str)
+            or isinstance(pair[1], bool)
+            or not isinstance(pair[1], int)
+        ):
+            raise GenotypeError(f"{where}[{i}]: expected [op_name, input_index], got {pair!r}")
+        if pair[1] < 0:
+            raise GenotypeError(f"{where}[{i}]: input index must be >= 0, got {pair[1]}")
+        out.append((pair[0], int(pair[1])))
+    return tuple(out)
+
+
+def _ints(value: Any, where: str) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise GenotypeError(f"{where}: expected a list of node indices, got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A discrete architecture.
+
+    Attributes:
+        normal: ``(op, input)`` edges of the normal cell, in node order.
+        normal_concat: nodes concatenated into the normal cell's output.
+        reduce: ``(op, input)`` edges of the reduction cell (empty for single-cell spaces).
+        reduce_concat: nodes concatenated into the reduction cell's output.
+        space: name of the search space the genotype belongs to.
+    """
+
+    normal: tuple[Edge, ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[Edge, ...] = ()
+    reduce_concat: tuple[int, ...] = ()
+    space: str = "cifar_cell"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def ops(self) -> set[str]:
+        """Every operation name the genotype uses."""
+        return {op for op, _ in self.normal + self.reduce}
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "space": self.space,
+            "normal": [list(e) for e in self.normal],
+            "normal_concat": list(self.normal_concat),
+            "reduce": [list(e) for e in self.reduce],
+            "reduce_concat": list(self.reduce_concat),
+        }
+        if self.meta:
+            d["meta"] = self.meta
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "genotype") -> Genotype:
+        """Build from a plain mapping (JSON or YAML), validating its structure.
+
+        Raises:
+            GenotypeError: naming ``where`` and the offending key.
+        """
+        if not hasattr(d, "keys"):
+            raise GenotypeError(f"{where}: expected a mapping with keys normal, normal_concat, ...")
+        known = {"space", "normal", "normal_concat", "reduce", "reduce_concat", "meta", "name"}
+        unknown = sorted(set(d.keys()) - known)
+        if unknown:
+            raise GenotypeError(f"{where}: unknown key {unknown[0]!r} (expected one of {sorted(known)})")
+        for key in ("normal", "normal_concat"):
+            if key not in d:
+                raise GenotypeError(f"{where}: missing key {key!r}")
+        space = d.get("space", "cifar_cell")
+        if not isinstance(space, str):
+            raise GenotypeError(f"{where}.space: expected a string, got {space!r}")
+        return cls(
+            normal=_edges(list(d["normal"]), f"{where}.normal"),
+            normal_concat=_ints(list(d["normal_concat"]), f"{where}.normal_concat"),
+            reduce=_edges(list(d.get("reduce", [])), f"{where}.reduce"),
+            reduce_concat=_ints(list(d.get("reduce_concat", [])), f"{where}.reduce_concat"),
+            space=space,
+            meta=dict(d.get("meta", {}) or {}),
+        )
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write as JSON atomically (a crash never leaves half a file)."""
+        write_json_atomic(Path(path), self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Genotype:
+        """Read a ``genotype.json``.
+
+        Raises:
+            GenotypeError: the file is missing, not JSON, or not a genotype; the message names it.
+        """
+        p = Path(path)
+        if not p.is_file():
+            raise GenotypeError(f"genotype file not found: {p}")
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GenotypeError(f"{p}: not valid JSON ({e})") from None
+        return cls.from_dict(data, where=str(p))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and rename, so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def edges_by_node(edges: Sequence[Edge], per_node: Sequence[int]) -> list[list[Edge]]:
+    """Split a flat edge list into nodes holding ``per_node[i]`` edges each."""
+    out, k = [], 0
+    for n in per_node:
+        out.append(list(edges[k : k + n]))
+        k += n
+    return out

@@ -1,0 +1,1 @@
+"""Training: the trainer (device, precision, compile), checkpoints and metrics."""

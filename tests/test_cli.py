@@ -1,0 +1,70 @@
+"""The command line: one clear line for every kind of bad input, before any training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from nasrun import UserError
+from nasrun.pipeline import run
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("search.epochs=-1", "search.epochs=-1"),
+        ("space.layers=2", "space.layers=2"),
+        ("trainer.amp=fp8", "trainer.amp='fp8'"),
+        ("search.order=3", "search.order=3"),
+        ("data.val_portion=1.5", "data.val_portion=1.5"),
+    ],
+)
+def test_invalid_values_stop_before_training(compose_cfg, tmp_path: Path, override: str, message: str) -> None:
+    cfg = compose_cfg("experiment=smoke", override)
+    with pytest.raises(Exception) as info:
+        run(cfg, tmp_path)
+    err = info.value
+    while not isinstance(err, UserError) and err.__cause__ is not None:
+        err = err.__cause__
+    assert isinstance(err, UserError) and message in str(err)
+    assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+
+
+def test_unknown_key_and_wrong_type_fail_at_compose(compose_cfg) -> None:
+    with pytest.raises(ConfigCompositionException, match="epochz"):
+        compose_cfg("experiment=smoke", "search.epochz=3")
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg("experiment=smoke", "search.epochs=many")
+
+
+def test_user_errors_print_one_line_without_traceback(cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"normal": [["conv_9x9", 0]] * 8, "normal_concat": [2, 3, 4, 5], "reduce": [], "reduce_concat": []}))
+    proc = cli("task=retrain", f"genotype_path={bad}", "experiment=smoke", "space.nodes=4", "hydra.run.dir=run1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and "conv_9x9" in lines[0] and "valid operations" in lines[0], proc.stderr
+
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    proc = cli("task=retrain", f"genotype_path={broken}", "experiment=smoke", "hydra.run.dir=run2")
+    assert proc.returncode == 2 and "broken.json: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_retrain_task_with_named_genotype_writes_the_run_folder(cli, tmp_path: Path) -> None:
+    proc = cli("task=retrain", "genotype=darts_v2", "experiment=smoke", "space.nodes=4", "hydra.run.dir=out")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "out"
+    result = json.loads((out / "result.json").read_text())
+    assert result["task"] == "retrain" and 0.0 <= result["test_acc"] <= 100.0
+    assert json.loads((out / "genotype.json").read_text())["normal"][0] == ["sep_conv_3x3", 0]
+    for name in ("cells.png", "retrain_history.jsonl", "checkpoints/retrain.pt", ".hydra/config.yaml"):
+        assert (out / name).exists(), name
+    # Running again into the same folder without resume=true must not overwrite it.
+    proc = cli("task=retrain", "genotype=darts_v2", "experiment=smoke", "space.nodes=4", "hydra.run.dir=out")
+    assert proc.returncode == 2 and "resume=true" in proc.stderr

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nasrun import UserError
+from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
 from nasrun.report.results import count_flops, count_params, print_summary, write_result
 from nasrun.search.base import SearchContext, SearchResult
@@ -67,18 +68,28 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     if task == "retrain":
         if given is None:
             raise UserError("task=retrain needs genotype=NAME (see conf/genotype/) or genotype_path=PATH/genotype.json")
-        if cfg.get("retrain") is None:
-            raise UserError("task=retrain needs a retrain config (retrain=darts)")
+        if cfg.get("retrain") is None or not cfg.retrain.enabled:
+            raise UserError("task=retrain needs retraining enabled (retrain=darts retrain.enabled=true)")
         space.validate(given)
     strategy = instantiate(cfg.search)(space=space, seed=cfg.seed) if task == "nas" else None
     if task == "nas" and strategy is None:
         raise UserError("task=nas needs a search strategy (search=darts, search=random_search, ...)")
     evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") is not None else None
-    data = instantiate(cfg.data) if cfg.get("data") is not None else None
-    if data is not None:
-        console.print(f"[bold]data[/] {data.describe()}  [bold]device[/] {trainer.device if trainer else '-'}")
-    if cfg.get("retrain") is not None and data is None:
-        raise UserError("retraining needs data (data=digits, data=cifar10, ...); or disable it with retrain=null")
+    retrain = cfg.get("retrain") is not None and cfg.retrain.enabled
+    if retrain and cfg.get("data") is None:
+        raise UserError("retraining needs data (data=digits, data=cifar10, ...); or skip it with retrain.enabled=false")
+
+    def load_data() -> DataModule:
+        if cfg.get("data") is None:
+            raise UserError("this run needs data (data=digits, data=cifar10, ...)")
+        loaded = instantiate(cfg.data)
+        console.print(f"[bold]data[/] {loaded.describe()}  [bold]device[/] {trainer.device if trainer else '-'}")
+        return loaded
+
+    # Images are loaded only when something asks for them: a tabular benchmark run never does.
+    ctx = SearchContext(space=space, run_dir=run_dir, seed=cfg.seed, resume=cfg.resume, data=load_data, trainer=trainer, evaluator=evaluator)
+    if retrain:
+        assert ctx.data is not None  # load now: a missing data set stops the run before the search
 
     result: dict[str, Any] = {"task": task, "seed": cfg.seed, "space": space.name}
     timings: dict[str, float] = {}
@@ -86,7 +97,6 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     # -- search ---------------------------------------------------------------------------------
     if strategy is not None:
         t0 = time.perf_counter()
-        ctx = SearchContext(space=space, run_dir=run_dir, seed=cfg.seed, resume=cfg.resume, data=data, trainer=trainer, evaluator=evaluator)
         searched: SearchResult = strategy.run(ctx)
         timings["search_s"] = time.perf_counter() - t0
         genotype = searched.genotype
@@ -100,7 +110,8 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
 
     # -- retrain --------------------------------------------------------------------------------
     objective = result.get("search_val_acc")
-    if cfg.get("retrain") is not None:
+    if retrain:
+        data = ctx.data
         assert data is not None and trainer is not None
         net_cfg = OmegaConf.to_container(cfg.retrain.network, resolve=True)
         assert isinstance(net_cfg, dict)

@@ -55,6 +55,7 @@ class TrainerConfig:
 
 @dataclass
 class RetrainConfig:
+    enabled: bool = True
     network: dict[str, Any] = field(default_factory=dict)
     auxiliary_weight: float = 0.4
     drop_path: float = 0.2

@@ -15,6 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nasrun import UserError
@@ -29,27 +30,43 @@ if TYPE_CHECKING:
     from nasrun.train.trainer import Trainer
 
 
-@dataclass
 class SearchContext:
     """Everything a strategy may use, built by the pipeline from the config.
 
-    Attributes:
+    Args:
         space: the search space.
         run_dir: the Hydra run folder; strategies write ``history.jsonl`` and ``checkpoints/`` here.
         seed: the run's seed.
         resume: continue from ``run_dir/checkpoints`` if a checkpoint is there.
-        data: the data module (None for tabular-only runs).
+        data: the data module, or a zero-argument callable that loads it on first use (so that a
+            tabular-benchmark run never loads images).
         trainer: the trainer (device, precision, optimiser settings).
         evaluator: scores genotypes for black-box strategies.
     """
 
-    space: SearchSpace
-    run_dir: Path
-    seed: int = 0
-    resume: bool = False
-    data: DataModule | None = None
-    trainer: Trainer | None = None
-    evaluator: Evaluator | None = None
+    def __init__(
+        self,
+        space: SearchSpace,
+        run_dir: Path,
+        seed: int = 0,
+        resume: bool = False,
+        data: DataModule | Callable[[], DataModule] | None = None,
+        trainer: Trainer | None = None,
+        evaluator: Evaluator | None = None,
+    ) -> None:
+        self.space = space
+        self.run_dir = run_dir
+        self.seed = seed
+        self.resume = resume
+        self._data = data
+        self.trainer = trainer
+        self.evaluator = evaluator
+
+    @property
+    def data(self) -> DataModule | None:
+        if callable(self._data):
+            self._data = self._data()
+        return self._data
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Time whole DARTS search steps (architecture step + weight step) on synthetic data.
+
+Runs the same code path as ``nasrun search=darts`` (``DartsSearch.make_stepper`` and
+``DartsStepper.step``) and prints one JSON line: median seconds per step, images per second
+(both batches of a step counted) and peak memory. For performance work, not a test.
+
+    python scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 \
+        --image-size 32 --steps 5 [--order 2] [--device cuda] [--channels-last] [--amp bf16] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from nasrun.data.synthetic import synthetic
+from nasrun.search.darts import DartsSearch
+from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.train.trainer import Trainer
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--search", choices=["darts"], default="darts")
+    p.add_argument("--channels", type=int, default=8)
+    p.add_argument("--layers", type=int, default=5)
+    p.add_argument("--nodes", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, allocator)")
+    p.add_argument("--order", type=int, choices=[1, 2], default=1)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    trainer = Trainer(device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    space = CifarCellSpace(layers=args.layers, channels=args.channels, nodes=args.nodes)
+    search = DartsSearch(space, seed=0, order=args.order, batch_size=args.batch_size)
+    stepper = search.make_stepper(num_classes=10, in_channels=3, trainer=trainer)
+    n = args.batch_size * 2 * (args.steps + args.warmup)
+    data = synthetic(n_train=n, n_test=1, image_size=args.image_size, val_portion=0.0)
+    batches = list(trainer.batches(data.train, args.batch_size))
+    cuda = trainer.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(args.steps + args.warmup):
+        (xt, yt), (xv, yv) = batches[2 * i], batches[2 * i + 1]
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        stepper.step(xt, yt, xv, yv)
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    sec = statistics.median(times)
+    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(
+        json.dumps(
+            {
+                "search": args.search,
+                "order": args.order,
+                "device": str(trainer.device),
+                "threads": torch.get_num_threads(),
+                "channels": args.channels,
+                "layers": args.layers,
+                "batch_size": args.batch_size,
+                "image_size": args.image_size,
+                "channels_last": args.channels_last,
+                "amp": args.amp,
+                "compile": args.compile,
+                "steps": args.steps,
+                "sec_per_step": round(sec, 4),
+                "sec_per_step_all": [round(t, 4) for t in times],
+                "images_per_sec": round(2 * args.batch_size / sec, 2),
+                "peak_memory_mb": round(peak / 2**20, 1),
+                "peak_memory_kind": "cuda_allocated" if cuda else "process_max_rss",
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""CIFAR loading through torchvision, on a tiny CIFAR-format folder the test writes itself."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import cifar as cifar_module
+
+from nasrun import UserError
+from nasrun.data.base import Augment, augment_batch
+from nasrun.data.cifar import cifar10
+
+
+def _write_cifar10(root: Path, per_batch: int = 6) -> np.ndarray:
+    """A `cifar-10-batches-py` folder in the original pickle format (5 train batches + test)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    first = None
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)  # rows: R plane, G, B
+        first = data if first is None else first
+        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
+    return first
+
+
+def test_cifar10_loads_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _write_cifar10(tmp_path)
+    # The files are ours, so torchvision's MD5 check of the real archive cannot pass; all else is real.
+    monkeypatch.setattr(cifar_module, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    data = cifar10(root=str(tmp_path), download=False, val_portion=0.2)
+    assert data.num_classes == 10 and data.in_channels == 3 and data.image_size == 32
+    assert len(data.train) + len(data.val) == 30 and len(data.test) == 6
+    # The first training image, un-normalised, is the first pickled row in CHW order.
+    from nasrun.data.cifar import _STATS
+
+    mean = torch.tensor(_STATS["cifar10"][0]).view(3, 1, 1)
+    std = torch.tensor(_STATS["cifar10"][1]).view(3, 1, 1)
+    full = cifar10(root=str(tmp_path), download=False)
+    img = (full.train.x[0] * std + mean) * 255.0
+    assert torch.allclose(img, torch.tensor(raw[0], dtype=torch.float32).view(3, 32, 32), atol=1e-3)
+
+
+def test_missing_cifar_names_the_root_and_the_offline_alternative(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"data.root=.*data=digits"):
+        cifar10(root=str(tmp_path / "nowhere"), download=False)
+
+
+def test_batch_augmentation_shapes_and_cutout() -> None:
+    x = torch.ones(8, 3, 32, 32)
+    out = augment_batch(x, Augment(crop_padding=4, flip=True, cutout=16), torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    zeros = (out == 0).all(dim=1).flatten(1).sum(1)  # zeroed pixels per image (crop padding + cutout)
+    assert (zeros > 0).all() and (zeros <= 16 * 16 + 2 * 4 * 32 + 2 * 4 * 32).all()
+    cut = augment_batch(torch.ones(64, 1, 32, 32), Augment(cutout=16), torch.Generator().manual_seed(1))
+    per_image = (cut == 0).flatten(1).sum(1)
+    assert per_image.max() == 256  # a square fully inside the image
+    assert per_image.min() < 256  # centres near the border are clipped

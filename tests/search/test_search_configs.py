@@ -1,0 +1,27 @@
+"""Every conf/search/*.yaml composes with the real config and runs one tiny step end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nasrun.cli import config_dir
+from nasrun.pipeline import run
+
+SEARCHES = sorted(p.stem for p in (config_dir() / "search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_search_config_runs_one_tiny_step(compose_cfg, tmp_path: Path, search: str) -> None:
+    cfg = compose_cfg("experiment=smoke", f"search={search}")
+    overrides = ["experiment=smoke", f"search={search}", "retrain.enabled=false"]
+    if "budget" in cfg.search:  # black-box strategies: two proxy-trained architectures
+        overrides += ["search.budget=2", "evaluator=train", "evaluator.epochs=1"]
+    else:  # one-shot strategies: one epoch on a sliver of the data
+        overrides += ["search.epochs=1"]
+    objective = run(compose_cfg(*overrides), tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert 0.0 <= objective <= 100.0
+    assert (tmp_path / "genotype.json").is_file() and result["genotype"]

@@ -67,7 +67,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     given = _given_genotype(cfg)
     if task == "retrain":
         if given is None:
-            raise UserError("task=retrain needs genotype=NAME (see conf/genotype/) or genotype_path=PATH/genotype.json")
+            raise UserError(
+                "task=retrain needs genotype=NAME (see conf/genotype/) or genotype_path=PATH/genotype.json"
+            )
         if cfg.get("retrain") is None or not cfg.retrain.enabled:
             raise UserError("task=retrain needs retraining enabled (retrain=darts retrain.enabled=true)")
         space.validate(given)
@@ -77,17 +79,29 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") is not None else None
     retrain = cfg.get("retrain") is not None and cfg.retrain.enabled
     if retrain and cfg.get("data") is None:
-        raise UserError("retraining needs data (data=digits, data=cifar10, ...); or skip it with retrain.enabled=false")
+        raise UserError(
+            "retraining needs data (data=digits, data=cifar10, ...); or skip it with retrain.enabled=false"
+        )
 
     def load_data() -> DataModule:
         if cfg.get("data") is None:
             raise UserError("this run needs data (data=digits, data=cifar10, ...)")
         loaded = instantiate(cfg.data)
-        console.print(f"[bold]data[/] {loaded.describe()}  [bold]device[/] {trainer.device if trainer else '-'}")
+        console.print(
+            f"[bold]data[/] {loaded.describe()}  [bold]device[/] {trainer.device if trainer else '-'}"
+        )
         return loaded
 
     # Images are loaded only when something asks for them: a tabular benchmark run never does.
-    ctx = SearchContext(space=space, run_dir=run_dir, seed=cfg.seed, resume=cfg.resume, data=load_data, trainer=trainer, evaluator=evaluator)
+    ctx = SearchContext(
+        space=space,
+        run_dir=run_dir,
+        seed=cfg.seed,
+        resume=cfg.resume,
+        data=load_data,
+        trainer=trainer,
+        evaluator=evaluator,
+    )
     if retrain:
         assert ctx.data is not None  # load now: a missing data set stops the run before the search
 
@@ -113,11 +127,12 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     if retrain:
         data = ctx.data
         assert data is not None and trainer is not None
-        net_cfg = OmegaConf.to_container(cfg.retrain.network, resolve=True)
-        assert isinstance(net_cfg, dict)
+        net_cfg: dict[str, Any] = OmegaConf.to_container(cfg.retrain.network, resolve=True)  # type: ignore[assignment]
         seed_everything(cfg.seed)
         try:
-            model = space.build_network(genotype, num_classes=data.num_classes, in_channels=data.in_channels, **net_cfg)
+            model = space.build_network(
+                genotype, num_classes=data.num_classes, in_channels=data.in_channels, **net_cfg
+            )
         except TypeError as e:
             raise UserError(f"retrain.network: {e} (space {space.name!r})") from None
         result["params"] = count_params(model)
@@ -135,7 +150,14 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
             seed=cfg.seed,
         )
         timings["retrain_s"] = time.perf_counter() - t0
-        result.update({"val_acc": metrics.get("val_acc"), "test_acc": metrics["test_acc"], "train_acc": metrics["train_acc"], "epochs": metrics["epochs"]})
+        result.update(
+            {
+                "val_acc": metrics.get("val_acc"),
+                "test_acc": metrics["test_acc"],
+                "train_acc": metrics["train_acc"],
+                "epochs": metrics["epochs"],
+            }
+        )
         objective = metrics.get("val_acc", objective)
     else:
         # No retraining: the search's own numbers are the result (tabular benchmarks).
@@ -145,7 +167,9 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     write_result(run_dir / "result.json", result)
     print_summary(result)
     if objective is None:
-        raise UserError("no validation accuracy to return: set data.val_portion > 0 for a retrain-only run's objective")
+        raise UserError(
+            "no validation accuracy to return: set data.val_portion > 0 for a retrain-only run's objective"
+        )
     return float(objective)
 
 

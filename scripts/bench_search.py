@@ -46,7 +46,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    trainer = Trainer(device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+    trainer = Trainer(
+        device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile
+    )
     space = CifarCellSpace(layers=args.layers, channels=args.channels, nodes=args.nodes)
     search = DartsSearch(space, seed=0, order=args.order, batch_size=args.batch_size)
     stepper = search.make_stepper(num_classes=10, in_channels=3, trainer=trainer)
@@ -68,7 +70,11 @@ def main(argv: list[str] | None = None) -> None:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     sec = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     print(
         json.dumps(
             {

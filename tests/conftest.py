@@ -38,7 +38,12 @@ def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.Completed
     """Run ``python -m nasrun ARGS`` in a subprocess (one thread, like the tests)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "nasrun", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "nasrun", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

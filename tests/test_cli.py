@@ -23,7 +23,9 @@ from nasrun.pipeline import run
         ("data.val_portion=1.5", "data.val_portion=1.5"),
     ],
 )
-def test_invalid_values_stop_before_training(compose_cfg, tmp_path: Path, override: str, message: str) -> None:
+def test_invalid_values_stop_before_training(
+    compose_cfg, tmp_path: Path, override: str, message: str
+) -> None:
     cfg = compose_cfg("experiment=smoke", override)
     with pytest.raises(Exception) as info:
         run(cfg, tmp_path)
@@ -43,8 +45,19 @@ def test_unknown_key_and_wrong_type_fail_at_compose(compose_cfg) -> None:
 
 def test_user_errors_print_one_line_without_traceback(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"normal": [["conv_9x9", 0]] * 8, "normal_concat": [2, 3, 4, 5], "reduce": [], "reduce_concat": []}))
-    proc = cli("task=retrain", f"genotype_path={bad}", "experiment=smoke", "space.nodes=4", "hydra.run.dir=run1")
+    bad.write_text(
+        json.dumps(
+            {
+                "normal": [["conv_9x9", 0]] * 8,
+                "normal_concat": [2, 3, 4, 5],
+                "reduce": [],
+                "reduce_concat": [],
+            }
+        )
+    )
+    proc = cli(
+        "task=retrain", f"genotype_path={bad}", "experiment=smoke", "space.nodes=4", "hydra.run.dir=run1"
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
@@ -53,7 +66,11 @@ def test_user_errors_print_one_line_without_traceback(cli, tmp_path: Path) -> No
     broken = tmp_path / "broken.json"
     broken.write_text("{")
     proc = cli("task=retrain", f"genotype_path={broken}", "experiment=smoke", "hydra.run.dir=run2")
-    assert proc.returncode == 2 and "broken.json: not valid JSON" in proc.stderr and "Traceback" not in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "broken.json: not valid JSON" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
 
 
 def test_retrain_task_with_named_genotype_writes_the_run_folder(cli, tmp_path: Path) -> None:

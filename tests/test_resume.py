@@ -41,7 +41,9 @@ def _kill_when(proc: subprocess.Popen[str], path: Path, epochs: int, timeout: fl
             proc.wait()
             return
         if proc.poll() is not None:
-            raise AssertionError(f"run ended before it could be killed: {proc.stderr.read() if proc.stderr else ''}")
+            raise AssertionError(
+                f"run ended before it could be killed: {proc.stderr.read() if proc.stderr else ''}"
+            )
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"{path} never reached {epochs} lines")

@@ -137,7 +137,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "retrain": {"retrain_schema": RetrainConfig},
     "space": {"cifar_cell_schema": CifarCellSpaceConfig},
     "search": {"darts_schema": DartsSearchConfig},
-    "data": {"cifar_schema": CifarDataConfig, "digits_schema": DigitsDataConfig, "synthetic_schema": SyntheticDataConfig},
+    "data": {
+        "cifar_schema": CifarDataConfig,
+        "digits_schema": DigitsDataConfig,
+        "synthetic_schema": SyntheticDataConfig,
+    },
     "genotype": {"genotype_schema": GenotypeConfig},
 }
 

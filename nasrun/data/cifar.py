@@ -25,7 +25,10 @@ def _load(name: str, root: str, download: bool) -> tuple[TensorSplit, TensorSpli
     try:
         train = cls(str(path), train=True, download=download)
         test = cls(str(path), train=False, download=download)
-    except (RuntimeError, OSError) as e:  # torchvision: "Dataset not found or corrupted"; URLError is an OSError
+    except (
+        RuntimeError,
+        OSError,
+    ) as e:  # torchvision: "Dataset not found or corrupted"; URLError is an OSError
         reason = str(e).splitlines()[0] if str(e) else e.__class__.__name__
         raise UserError(
             f"{name} is not under data.root={path} and could not be downloaded ({reason}); "
@@ -41,13 +44,17 @@ def _load(name: str, root: str, download: bool) -> tuple[TensorSplit, TensorSpli
     return split(train), split(test), len(train.classes)
 
 
-def cifar10(root: str = "~/.cache/nasrun", download: bool = True, val_portion: float = 0.0, split_seed: int = 0) -> DataModule:
+def cifar10(
+    root: str = "~/.cache/nasrun", download: bool = True, val_portion: float = 0.0, split_seed: int = 0
+) -> DataModule:
     """CIFAR-10; ``val_portion`` of the 50,000 training images may be held out for validation."""
     train, test, k = _load("cifar10", root, download)
     return DataModule("cifar10", train, test, k, val_portion, split_seed, crop_padding=4, flip=True)
 
 
-def cifar100(root: str = "~/.cache/nasrun", download: bool = True, val_portion: float = 0.0, split_seed: int = 0) -> DataModule:
+def cifar100(
+    root: str = "~/.cache/nasrun", download: bool = True, val_portion: float = 0.0, split_seed: int = 0
+) -> DataModule:
     """CIFAR-100, as ``cifar10``."""
     train, test, k = _load("cifar100", root, download)
     return DataModule("cifar100", train, test, k, val_portion, split_seed, crop_padding=4, flip=True)

@@ -27,5 +27,10 @@ def synthetic(
         return TensorSplit(x, torch.randint(0, num_classes, (n,), generator=g))
 
     return DataModule(
-        "synthetic", make(n_train), make(n_test), num_classes=num_classes, val_portion=val_portion, split_seed=seed
+        "synthetic",
+        make(n_train),
+        make(n_test),
+        num_classes=num_classes,
+        val_portion=val_portion,
+        split_seed=seed,
     )

@@ -50,7 +50,17 @@ def print_summary(result: dict[str, Any]) -> None:
     table = Table(title="nasrun result", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value", overflow="fold")
-    for key in ("task", "space", "genotype", "params", "flops", "n_evaluations", "search_val_acc", "val_acc", "test_acc"):
+    for key in (
+        "task",
+        "space",
+        "genotype",
+        "params",
+        "flops",
+        "n_evaluations",
+        "search_val_acc",
+        "val_acc",
+        "test_acc",
+    ):
         if result.get(key) is not None:
             table.add_row(key, _fmt(result[key]))
     for phase, seconds in result.get("wall_s", {}).items():

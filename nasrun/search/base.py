@@ -13,9 +13,9 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nasrun import UserError
@@ -139,7 +139,9 @@ class BlackBoxStrategy(ABC):
     def run(self, ctx: SearchContext) -> SearchResult:
         """Evaluate ``budget`` architectures, checkpointing after each one."""
         if ctx.evaluator is None:
-            raise UserError("this search strategy needs an evaluator: set evaluator=train or evaluator=tabular")
+            raise UserError(
+                "this search strategy needs an evaluator: set evaluator=train or evaluator=tabular"
+            )
         ckpt_path = ctx.checkpoint_dir / "search.pt"
         records: list[dict[str, Any]] = []
         if ctx.resume and ckpt_path.is_file():
@@ -155,7 +157,9 @@ class BlackBoxStrategy(ABC):
                 genotype = self.ask()
                 ev = ctx.evaluator.evaluate(genotype, ctx)
                 if not math.isfinite(ev.val_acc):
-                    raise UserError(f"evaluator returned a non-finite score ({ev.val_acc}) for {ctx.space.describe(genotype)}")
+                    raise UserError(
+                        f"evaluator returned a non-finite score ({ev.val_acc}) for {ctx.space.describe(genotype)}"
+                    )
                 self.tell(genotype, ev.val_acc)
                 record = {
                     "step": len(log.records),
@@ -173,7 +177,9 @@ class BlackBoxStrategy(ABC):
                 save_checkpoint(ckpt_path, {"strategy": self.state_dict(), "history": log.records})
                 advance(1, f"best val {best['val_acc']:.2f}")
         assert best is not None
-        console.print(f"[bold]search[/] best val_acc {best['val_acc']:.2f} after {len(log.records)} evaluations")
+        console.print(
+            f"[bold]search[/] best val_acc {best['val_acc']:.2f} after {len(log.records)} evaluations"
+        )
         genotype = Genotype.from_dict(best["genotype"])
         return SearchResult(
             genotype=genotype,

@@ -81,7 +81,9 @@ class DartsStepper:
             logits = self.model(x)
         return cross_entropy(logits, y), logits
 
-    def step(self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor) -> tuple[float, int]:
+    def step(
+        self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor
+    ) -> tuple[float, int]:
         """Update alpha on the validation batch, then w on the training batch.
 
         Returns:
@@ -91,7 +93,7 @@ class DartsStepper:
         if self.order == 1:
             loss_v, _ = self._loss(x_val, y_val)
             # Only the alphas' gradients: autograd then skips every weight-gradient kernel.
-            grads = torch.autograd.grad(loss_v, self.alphas)
+            grads: Sequence[torch.Tensor] = torch.autograd.grad(loss_v, self.alphas)
         else:
             grads = self.unrolled_arch_grad(x_train, y_train, x_val, y_val)
         for a, g in zip(self.alphas, grads):
@@ -103,7 +105,9 @@ class DartsStepper:
         try:
             loss, logits = self._loss(x_train, y_train)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(f"search: loss became {float(loss)}; the last epoch's checkpoint is intact (try a lower search.lr)")
+                raise NonFiniteLossError(
+                    f"search: loss became {float(loss.detach())}; the last epoch's checkpoint is intact (try a lower search.lr)"
+                )
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
         finally:
@@ -115,7 +119,9 @@ class DartsStepper:
         return float(loss.detach()), int((logits.detach().argmax(1) == y_train).sum())
 
     # -- second order -----------------------------------------------------------------------------
-    def _functional_loss(self, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _functional_loss(
+        self, weights: Sequence[torch.Tensor], x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
         """Training-mode loss of the supernet with ``weights`` substituted for its own.
 
         Buffers are passed as copies, so these extra forward passes leave the BatchNorm running
@@ -242,7 +248,9 @@ class DartsSearch:
         n = len(train)
         n_w = int(n * self.train_portion)
         if n_w < 1 or n - n_w < 1:
-            raise UserError(f"search.train_portion={self.train_portion}: leaves an empty half of {n} training images")
+            raise UserError(
+                f"search.train_portion={self.train_portion}: leaves an empty half of {n} training images"
+            )
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         return train.subset(perm[:n_w]), train.subset(perm[n_w:])
 
@@ -268,8 +276,12 @@ class DartsSearch:
                 t0 = time.perf_counter()
                 stepper.model.train()
                 loss_sum, correct, n = 0.0, 0, 0
-                train_it = trainer.batches(w_half, self.batch_size, epoch_generator(self.seed, epoch, 0), augment)
-                val_it = trainer.batches(a_half, self.batch_size, epoch_generator(self.seed, epoch, 1), augment)
+                train_it = trainer.batches(
+                    w_half, self.batch_size, epoch_generator(self.seed, epoch, 0), augment
+                )
+                val_it = trainer.batches(
+                    a_half, self.batch_size, epoch_generator(self.seed, epoch, 1), augment
+                )
                 for (xt, yt), (xv, yv) in zip(train_it, val_it):
                     loss, c = stepper.step(xt, yt, xv, yv)
                     loss_sum += loss * yt.numel()
@@ -294,7 +306,13 @@ class DartsSearch:
                 log.append(record)
                 save_checkpoint(
                     ckpt,
-                    {"stepper": stepper.state_dict(), "rng": rng_state(), "epoch": epoch + 1, "history": log.records, "wall_s": wall},
+                    {
+                        "stepper": stepper.state_dict(),
+                        "rng": rng_state(),
+                        "epoch": epoch + 1,
+                        "history": log.records,
+                        "wall_s": wall,
+                    },
                 )
                 console.print(
                     f"search epoch {epoch + 1}/{self.epochs} loss {record['train_loss']:.4f} "
@@ -303,6 +321,10 @@ class DartsSearch:
         last = log.records[-1]
         return SearchResult(
             genotype=Genotype.from_dict(last["genotype"]),
-            metrics={"search_val_acc": last["val_acc"], "search_wall_s": last["wall_s"], "search_epochs": self.epochs},
+            metrics={
+                "search_val_acc": last["val_acc"],
+                "search_wall_s": last["wall_s"],
+                "search_epochs": self.epochs,
+            },
             history=log.records,
         )

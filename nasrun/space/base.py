@@ -50,7 +50,9 @@ class SearchSpace(Protocol):
         """A one-line string form (the NAS-Bench-201 string for that space)."""
         ...
 
-    def build_network(self, genotype: Genotype, num_classes: int, in_channels: int, **kwargs: object) -> nn.Module:
+    def build_network(
+        self, genotype: Genotype, num_classes: int, in_channels: int, **kwargs: object
+    ) -> nn.Module:
         """The discrete network for ``genotype`` (size arguments are the space's own)."""
         ...
 

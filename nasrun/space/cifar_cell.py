@@ -27,7 +27,9 @@ def check_layers(layers: int, key: str = "space.layers") -> None:
     """Two distinct reduction cells with a normal cell before the first need at least 3 layers."""
     a, b = reduction_layers(layers)
     if layers < 3 or a == 0 or a == b:
-        raise UserError(f"{key}={layers}: need at least 3 cells so the two reduction cells are distinct (got reductions at {a} and {b})")
+        raise UserError(
+            f"{key}={layers}: need at least 3 cells so the two reduction cells are distinct (got reductions at {a} and {b})"
+        )
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -51,7 +53,9 @@ class Cell(nn.Module):
         reduction_prev: bool,
     ):
         super().__init__()
-        self.preprocess0 = FactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess0 = (
+            FactorizedReduce(C_prev_prev, C) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        )
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
         self.reduction = reduction
         self.inputs = [j for _, j in edges]
@@ -129,7 +133,9 @@ class CifarCellNetwork(nn.Module):
         self.auxiliary = auxiliary
         self.drop_path_prob = 0.0
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
+        )
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
@@ -139,7 +145,11 @@ class CifarCellNetwork(nn.Module):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-            edges, concat = (genotype.reduce, genotype.reduce_concat) if reduction else (genotype.normal, genotype.normal_concat)
+            edges, concat = (
+                (genotype.reduce, genotype.reduce_concat)
+                if reduction
+                else (genotype.normal, genotype.normal_concat)
+            )
             cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
@@ -185,7 +195,9 @@ class CifarCellSpace:
     ):
         check_layers(layers)
         if channels < 2 or channels % 2:
-            raise UserError(f"space.channels={channels}: must be an even number >= 2 (reduction cells halve it)")
+            raise UserError(
+                f"space.channels={channels}: must be an even number >= 2 (reduction cells halve it)"
+            )
         if nodes < 1:
             raise UserError(f"space.nodes={nodes}: must be >= 1")
         if stem_multiplier < 1:
@@ -230,7 +242,9 @@ class CifarCellSpace:
                 edges += [(self.choosable_ops[op1], in1), (self.choosable_ops[op2], in2)]
             cells.append(tuple(edges))
         concat = tuple(range(2, 2 + self.nodes))
-        return Genotype(normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat, space=self.name)
+        return Genotype(
+            normal=cells[0], normal_concat=concat, reduce=cells[1], reduce_concat=concat, space=self.name
+        )
 
     def encode(self, genotype: Genotype) -> list[int]:
         self.validate(genotype)
@@ -249,23 +263,33 @@ class CifarCellSpace:
             ("reduce", genotype.reduce, genotype.reduce_concat),
         ):
             if len(edges) != expected:
-                raise GenotypeError(f"genotype.{cell}: expected {expected} edges (2 per node, {self.nodes} nodes), got {len(edges)}")
+                raise GenotypeError(
+                    f"genotype.{cell}: expected {expected} edges (2 per node, {self.nodes} nodes), got {len(edges)}"
+                )
             for k, (op, j) in enumerate(edges):
                 check_op(op, f"genotype.{cell}[{k}]")
                 if op == "none":
                     raise GenotypeError(f"genotype.{cell}[{k}]: 'none' cannot be an edge of a derived cell")
                 if op not in self.choosable_ops:
-                    raise GenotypeError(f"genotype.{cell}[{k}]: operation {op!r} is not in space.ops {self.choosable_ops}")
+                    raise GenotypeError(
+                        f"genotype.{cell}[{k}]: operation {op!r} is not in space.ops {self.choosable_ops}"
+                    )
                 node = k // 2 + 2
                 if j >= node:
-                    raise GenotypeError(f"genotype.{cell}[{k}]: node {node} cannot take input {j} (must be < {node})")
+                    raise GenotypeError(
+                        f"genotype.{cell}[{k}]: node {node} cannot take input {j} (must be < {node})"
+                    )
             bad = [c for c in concat if not 2 <= c < 2 + self.nodes]
             if bad or not concat:
-                raise GenotypeError(f"genotype.{cell}_concat: {list(concat)} must list nodes in 2..{self.nodes + 1}")
+                raise GenotypeError(
+                    f"genotype.{cell}_concat: {list(concat)} must list nodes in 2..{self.nodes + 1}"
+                )
 
     def describe(self, genotype: Genotype) -> str:
         def cell(edges: Sequence[tuple[str, int]]) -> str:
-            return " | ".join(" ".join(f"{op}~{j}" for op, j in edges[k : k + 2]) for k in range(0, len(edges), 2))
+            return " | ".join(
+                " ".join(f"{op}~{j}" for op, j in edges[k : k + 2]) for k in range(0, len(edges), 2)
+            )
 
         return f"normal: {cell(genotype.normal)} ; reduce: {cell(genotype.reduce)}"
 

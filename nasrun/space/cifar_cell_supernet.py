@@ -74,12 +74,23 @@ class MixedOp(nn.Module):
 class SearchCell(nn.Module):
     """A supernet cell: node ``i`` sums one ``MixedOp`` per earlier state."""
 
-    def __init__(self, nodes: int, C_prev_prev: int, C_prev: int, C: int, reduction: bool, reduction_prev: bool, ops: Sequence[str]):
+    def __init__(
+        self,
+        nodes: int,
+        C_prev_prev: int,
+        C_prev: int,
+        C: int,
+        reduction: bool,
+        reduction_prev: bool,
+        ops: Sequence[str],
+    ):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
         self.preprocess0 = (
-            FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
+            FactorizedReduce(C_prev_prev, C, affine=False)
+            if reduction_prev
+            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False)
         )
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
@@ -122,7 +133,9 @@ class CifarCellSupernet(nn.Module):
         self.ops = list(ops)
         self.nodes = nodes
         C_curr = stem_multiplier * C
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
+        )
         C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
         reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
@@ -131,7 +144,9 @@ class CifarCellSupernet(nn.Module):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-            self.cells.append(SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, self.ops))
+            self.cells.append(
+                SearchCell(nodes, C_prev_prev, C_prev, C_curr, reduction, reduction_prev, self.ops)
+            )
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, nodes * C_curr
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
@@ -187,4 +202,6 @@ class CifarCellSupernet(nn.Module):
             return tuple(edges)
 
         concat = tuple(range(2, 2 + self.nodes))
-        return Genotype(parse(self.alphas_normal), concat, parse(self.alphas_reduce), concat, space="cifar_cell")
+        return Genotype(
+            parse(self.alphas_normal), concat, parse(self.alphas_reduce), concat, space="cifar_cell"
+        )

@@ -19,7 +19,9 @@ from nasrun.space.genotype import GenotypeError
 class ReLUConvBN(nn.Sequential):
     """ReLU -> conv -> BN: the preprocessing block of a cell."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
+    def __init__(
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+    ):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
@@ -30,7 +32,16 @@ class ReLUConvBN(nn.Sequential):
 class DilConv(nn.Sequential):
     """ReLU -> depthwise (dilated) conv -> pointwise conv -> BN."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, dilation: int, affine: bool = True):
+    def __init__(
+        self,
+        C_in: int,
+        C_out: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
+    ):
         super().__init__(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
@@ -42,7 +53,9 @@ class DilConv(nn.Sequential):
 class SepConv(nn.Sequential):
     """Two stacked depthwise-separable convs (the first carries the stride), as in DARTS."""
 
-    def __init__(self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True):
+    def __init__(
+        self, C_in: int, C_out: int, kernel_size: int, stride: int, padding: int, affine: bool = True
+    ):
         super().__init__(
             DilConv(C_in, C_in, kernel_size, stride, padding, 1, affine),
             DilConv(C_in, C_out, kernel_size, 1, padding, 1, affine),
@@ -101,7 +114,9 @@ OpFactory = Callable[[int, int, bool], nn.Module]
 
 OPS: dict[str, OpFactory] = {
     "none": lambda C, stride, affine: Zero(stride),
-    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1, count_include_pad=False),
+    "avg_pool_3x3": lambda C, stride, affine: nn.AvgPool2d(
+        3, stride=stride, padding=1, count_include_pad=False
+    ),
     "max_pool_3x3": lambda C, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
     "skip_connect": _skip,
     "sep_conv_3x3": lambda C, stride, affine: SepConv(C, C, 3, stride, 1, affine),
@@ -129,7 +144,9 @@ DARTS_OPS: tuple[str, ...] = (
 def check_op(name: str, where: str = "op") -> None:
     """Raise ``GenotypeError`` listing the valid names if ``name`` is not a registered op."""
     if name not in OPS:
-        raise GenotypeError(f"{where}: unknown operation {name!r}; valid operations: {', '.join(sorted(OPS))}")
+        raise GenotypeError(
+            f"{where}: unknown operation {name!r}; valid operations: {', '.join(sorted(OPS))}"
+        )
 
 
 def make_op(name: str, C: int, stride: int, affine: bool = True) -> nn.Module:

@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,9 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"trainer.device={device!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={device!r}: CUDA is not available on this machine (use trainer.device=auto)")
+        raise UserError(
+            f"trainer.device={device!r}: CUDA is not available on this machine (use trainer.device=auto)"
+        )
     return dev
 
 
@@ -89,7 +91,11 @@ class Trainer:
     ):
         if amp not in ("none", "bf16"):
             raise UserError(f"trainer.amp={amp!r}: must be 'none' or 'bf16'")
-        for key, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for key, value in (
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
             if value <= 0:
                 raise UserError(f"trainer.{key}={value}: must be > 0")
         if not lr > 0 or lr_min < 0 or lr_min > lr:
@@ -125,7 +131,11 @@ class Trainer:
         return contextlib.nullcontext()
 
     def batches(
-        self, split: TensorSplit, batch_size: int, generator: torch.Generator | None = None, augment: Any = None
+        self,
+        split: TensorSplit,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        augment: Any = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in batches(split, batch_size, device=self.device, generator=generator, augment=augment):
             if self.channels_last:
@@ -197,7 +207,9 @@ class Trainer:
         n_epochs = epochs or self.epochs
         module = model
         model = self.prepare(module)
-        opt = torch.optim.SGD(module.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        opt = torch.optim.SGD(
+            module.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs, eta_min=self.lr_min)
         ckpt = run_dir / "checkpoints" / f"{phase}.pt" if run_dir is not None else None
         start, records, wall = 0, [], 0.0
@@ -212,12 +224,16 @@ class Trainer:
         augment = data.augment(cutout)
         console = get_console()
         metrics: dict[str, Any] = dict(records[-1]) if records else {}
-        bar = progress_bar(phase, total=n_epochs, completed=start) if not quiet else contextlib.nullcontext(lambda n, s: None)
+        bar = (
+            progress_bar(phase, total=n_epochs, completed=start)
+            if not quiet
+            else contextlib.nullcontext(lambda n, s: None)
+        )
         with bar as advance:
             for epoch in range(start, n_epochs):
                 t0 = time.perf_counter()
                 if hasattr(module, "drop_path_prob"):
-                    module.drop_path_prob = drop_path * epoch / n_epochs  # linear ramp (DARTS)
+                    cast(Any, module).drop_path_prob = drop_path * epoch / n_epochs  # linear ramp (DARTS)
                 model.train()
                 loss_sum, correct, n = 0.0, 0, 0
                 gen = epoch_generator(seed, epoch)
@@ -230,7 +246,7 @@ class Trainer:
                             loss = loss + aux_weight * cross_entropy(aux, y)
                     if not torch.isfinite(loss):
                         raise NonFiniteLossError(
-                            f"{phase}: loss became {float(loss)} in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact"
+                            f"{phase}: loss became {float(loss.detach())} in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact"
                             " (try a lower trainer.lr)"
                         )
                     opt.zero_grad(set_to_none=True)
@@ -242,7 +258,12 @@ class Trainer:
                     n += int(y.numel())
                 sched.step()
                 wall += time.perf_counter() - t0
-                metrics = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], "train_loss": loss_sum / n, "train_acc": 100.0 * correct / n}
+                metrics = {
+                    "epoch": epoch + 1,
+                    "lr": opt.param_groups[0]["lr"],
+                    "train_loss": loss_sum / n,
+                    "train_acc": 100.0 * correct / n,
+                }
                 if data.val is not None:
                     metrics["val_loss"], metrics["val_acc"] = self.evaluate(model, data.val)
                 metrics["test_loss"], metrics["test_acc"] = self.evaluate(model, data.test)

@@ -10,8 +10,12 @@ from nasrun.train.trainer import Trainer
 
 
 def _tiny_stepper(order: int, unrolled_eps: float = 0.01):
-    space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"])
-    search = DartsSearch(space, seed=0, order=order, epochs=4, lr=0.1, weight_decay=3e-4, unrolled_eps=unrolled_eps)
+    space = CifarCellSpace(
+        layers=3, channels=4, nodes=2, ops=["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
+    )
+    search = DartsSearch(
+        space, seed=0, order=order, epochs=4, lr=0.1, weight_decay=3e-4, unrolled_eps=unrolled_eps
+    )
     stepper = search.make_stepper(num_classes=3, in_channels=2, trainer=Trainer(device="cpu"))
     stepper.module.double()
     return stepper
@@ -23,7 +27,10 @@ def test_second_order_gradient_matches_autograd_through_the_unrolled_step() -> N
     # is checked with a step small enough to stay on one linear piece, in float64.
     stepper = _tiny_stepper(order=2, unrolled_eps=1e-5)
     g = torch.Generator().manual_seed(1)
-    xt, xv = torch.randn(8, 2, 8, 8, generator=g, dtype=torch.float64), torch.randn(8, 2, 8, 8, generator=g, dtype=torch.float64)
+    xt, xv = (
+        torch.randn(8, 2, 8, 8, generator=g, dtype=torch.float64),
+        torch.randn(8, 2, 8, 8, generator=g, dtype=torch.float64),
+    )
     yt, yv = torch.randint(0, 3, (8,), generator=g), torch.randint(0, 3, (8,), generator=g)
     # One ordinary step first, so the momentum buffers are non-zero and enter the unrolled step.
     stepper.step(xt, yt, xv, yv)
@@ -41,7 +48,13 @@ def test_second_order_gradient_matches_autograd_through_the_unrolled_step() -> N
 
     g_train = torch.autograd.grad(loss(weights, xt, yt), weights, create_graph=True)
     unrolled = [
-        w - xi * (gw + stepper.weight_decay * w.detach() + stepper.momentum * stepper.w_opt.state[w]["momentum_buffer"])
+        w
+        - xi
+        * (
+            gw
+            + stepper.weight_decay * w.detach()
+            + stepper.momentum * stepper.w_opt.state[w]["momentum_buffer"]
+        )
         for w, gw in zip(weights, g_train)
     ]
     exact = torch.autograd.grad(loss(unrolled, xv, yv), stepper.alphas)

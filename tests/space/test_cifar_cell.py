@@ -10,11 +10,15 @@ from nasrun.space.cifar_cell import CifarCellSpace
 
 
 @pytest.mark.parametrize("auxiliary, expected", [(False, 3_349_342), (True, 3_825_768)])
-def test_darts_v2_at_paper_size_has_the_reference_parameter_count(compose_cfg, auxiliary: bool, expected: int) -> None:
+def test_darts_v2_at_paper_size_has_the_reference_parameter_count(
+    compose_cfg, auxiliary: bool, expected: int
+) -> None:
     """The count the DARTS reference code reports: the check that cells are wired as in the paper."""
     genotype = _given_genotype(compose_cfg("task=retrain", "genotype=darts_v2"))
     assert genotype is not None
-    net = CifarCellSpace().build_network(genotype, num_classes=10, in_channels=3, channels=36, layers=20, auxiliary=auxiliary)
+    net = CifarCellSpace().build_network(
+        genotype, num_classes=10, in_channels=3, channels=36, layers=20, auxiliary=auxiliary
+    )
     assert sum(p.numel() for p in net.parameters()) == expected
     assert count_params(net) == 3_349_342  # reported size excludes the auxiliary head
 
@@ -22,7 +26,9 @@ def test_darts_v2_at_paper_size_has_the_reference_parameter_count(compose_cfg, a
 def test_network_forward_with_auxiliary_head_and_drop_path(compose_cfg) -> None:
     genotype = _given_genotype(compose_cfg("task=retrain", "genotype=darts_v1"))
     assert genotype is not None
-    net = CifarCellSpace().build_network(genotype, num_classes=10, in_channels=1, channels=8, layers=5, auxiliary=True)
+    net = CifarCellSpace().build_network(
+        genotype, num_classes=10, in_channels=1, channels=8, layers=5, auxiliary=True
+    )
     net.drop_path_prob = 0.2
     logits, aux = net(torch.randn(4, 1, 16, 16))  # 16x16 input: 4x4 maps at the auxiliary head
     assert logits.shape == aux.shape == (4, 10)

@@ -41,7 +41,10 @@ def test_malformed_json_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "payload, message",
     [
-        ({"normal": [["sep_conv_3x3"]], "normal_concat": [2]}, r"normal\[0\]: expected \[op_name, input_index\]"),
+        (
+            {"normal": [["sep_conv_3x3"]], "normal_concat": [2]},
+            r"normal\[0\]: expected \[op_name, input_index\]",
+        ),
         ({"normal": [], "normal_concat": [2], "colour": 1}, "unknown key 'colour'"),
         ({"normal_concat": [2]}, "missing key 'normal'"),
     ],
@@ -56,10 +59,20 @@ def test_malformed_genotype_names_the_key(tmp_path: Path, payload: dict, message
 def test_space_rejects_unknown_op_and_bad_inputs() -> None:
     space = CifarCellSpace()
     g = sample_genotype(space, random.Random(0))
-    bad_op = Genotype(normal=(("conv_9x9", 0),) + g.normal[1:], normal_concat=g.normal_concat, reduce=g.reduce, reduce_concat=g.reduce_concat)
+    bad_op = Genotype(
+        normal=(("conv_9x9", 0),) + g.normal[1:],
+        normal_concat=g.normal_concat,
+        reduce=g.reduce,
+        reduce_concat=g.reduce_concat,
+    )
     with pytest.raises(GenotypeError, match=r"genotype.normal\[0\]: unknown operation 'conv_9x9'"):
         space.validate(bad_op)
-    bad_input = Genotype(normal=(("sep_conv_3x3", 2),) + g.normal[1:], normal_concat=g.normal_concat, reduce=g.reduce, reduce_concat=g.reduce_concat)
+    bad_input = Genotype(
+        normal=(("sep_conv_3x3", 2),) + g.normal[1:],
+        normal_concat=g.normal_concat,
+        reduce=g.reduce,
+        reduce_concat=g.reduce_concat,
+    )
     with pytest.raises(GenotypeError, match="node 2 cannot take input 2"):
         space.validate(bad_input)
 

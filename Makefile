@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow demo lint bench
+.PHONY: help install test test-slow demo lint bench bench-bo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -12,7 +12,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install nasrun with its dev tools (editable)
@@ -33,3 +33,7 @@ lint: install  ## ruff (lint + format check) and mypy
 
 bench: install  ## DARTS search-step benchmark on synthetic data (see README)
 	$(PY) scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 --image-size 32 --steps 5
+
+bench-bo: install  ## BO benchmark: nasrun vs Sobol vs Optuna GP/TPE (slow; see README)
+	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
+	$(PY) scripts/bench_bo.py --seeds 20 --budget 50 --functions branin,hartmann6 --methods nasrun,sobol,optuna-gp,optuna-tpe --q 1,4 --out outputs/bench_bo.jsonl

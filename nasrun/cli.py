@@ -56,6 +56,10 @@ def task(cfg: DictConfig) -> float:
 
 def main() -> None:
     """Console-script entry point."""
+    from nasrun.bo import prepare_sweeper_args  # light: no torch or BoTorch import
+
+    # Lets users type `hydra.sweeper.params.trainer.lr=tag(log, interval(1e-4, 0.3))` unquoted.
+    sys.argv[1:] = prepare_sweeper_args(sys.argv[1:])
     task()
 
 

@@ -1,0 +1,61 @@
+"""Runs inside every job: save the task's return value the moment it exists.
+
+Kept apart from ``_core`` so that process launchers (joblib, submitit), which unpickle
+``RecordingTask`` in their workers, import only this light module, not BoTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import TaskFunction
+from omegaconf import DictConfig
+
+RESULTS = ".botorch_returns"  # per-job return files, inside the sweep folder
+
+
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
+    """Calls ``write(tmp_path)`` then renames, so ``path`` is never seen half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Same folder (rename is atomic only within one file system); a per-process name so that
+    # concurrent writers never share a temporary file.
+    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class RecordingTask:
+    """Wraps the task function: runs it, then saves its return value under the sweep folder.
+
+    A plain class (not a closure) so that process launchers can pickle it.
+    """
+
+    def __init__(self, task_function: TaskFunction) -> None:
+        self.task_function = task_function
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        value = self.task_function(cfg)
+        hc = HydraConfig.get()
+        try:
+            text = json.dumps({"return": value})
+        except (TypeError, ValueError):
+            return value  # not JSON, hence no usable objective: the sweeper reports it from the JobReturn
+        atomic_write(Path(hc.sweep.dir) / RESULTS / f"{hc.job.num}.json", lambda p: Path(p).write_text(text))
+        return value
+
+
+def saved_return(sweep_dir: Path, job: int | None) -> tuple[Any] | None:
+    """``(value,)`` that job ``job`` returned, if it got that far; ``None`` otherwise."""
+    path = sweep_dir / RESULTS / f"{job}.json"
+    if job is None or not path.is_file():
+        return None
+    return (json.loads(path.read_text())["return"],)

@@ -1,0 +1,29 @@
+"""The ``Sweeper`` Hydra discovers; it defers everything to ``_core`` so discovery stays light."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from .config import BoTorchSweeperConf
+
+
+class BoTorchSweeper(Sweeper):
+    """Bayesian-optimisation sweeper; its keyword arguments are the fields of ``BoTorchSweeperConf``."""
+
+    def __init__(self, **config: Any) -> None:
+        # Imported here, not at module level: discovery (e.g. `nasrun --help`) must not import BoTorch.
+        from ._core import BoTorchSweeperImpl
+
+        self._impl = BoTorchSweeperImpl(BoTorchSweeperConf(**config))
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        """Builds the launcher; see ``BoTorchSweeperImpl.setup``."""
+        self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> Any:
+        """Runs (or resumes) the sweep; see ``BoTorchSweeperImpl.sweep``."""
+        return self._impl.sweep(arguments)

@@ -1,0 +1,51 @@
+"""Bayesian optimisation on BoTorch: search spaces, an SQLite trial store and an ask/tell engine.
+
+``BayesOpt`` (and with it torch and BoTorch) is imported on first use, so that reading a search
+space or a store stays light; the Hydra sweeper validates its input before any heavy import.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from nasrun.bo.settings import Acquisition, BOSettings, Direction, Kernel, ModelKind
+from nasrun.bo.space import (
+    Categorical,
+    Integer,
+    Real,
+    SearchSpace,
+    SearchSpaceError,
+    parse_overrides,
+    prepare_sweeper_args,
+)
+from nasrun.bo.store import Trial, TrialState, TrialStore
+
+if TYPE_CHECKING:
+    from nasrun.bo.engine import BayesOpt
+
+__all__ = [
+    "Acquisition",
+    "BOSettings",
+    "BayesOpt",
+    "Categorical",
+    "Direction",
+    "Integer",
+    "Kernel",
+    "ModelKind",
+    "Real",
+    "SearchSpace",
+    "SearchSpaceError",
+    "Trial",
+    "TrialState",
+    "TrialStore",
+    "parse_overrides",
+    "prepare_sweeper_args",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BayesOpt":
+        from nasrun.bo.engine import BayesOpt
+
+        return BayesOpt
+    raise AttributeError(f"module 'nasrun.bo' has no attribute {name!r}")

@@ -1,0 +1,70 @@
+"""Settings of the Bayesian-optimisation engine (no torch import: the sweeper's config extends them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Direction(str, Enum):
+    """Whether the objective is to be maximised or minimised."""
+
+    maximize = "maximize"
+    minimize = "minimize"
+
+
+class Acquisition(str, Enum):
+    """Acquisition functions; all are BoTorch's Monte-Carlo forms, so batches and pending points work."""
+
+    qlognei = "qlognei"  # log noisy expected improvement (Ament et al. 2023)
+    logei = "logei"  # log expected improvement (Ament et al. 2023)
+    ei = "ei"  # expected improvement (Mockus 1978; Jones et al. 1998)
+    pi = "pi"  # probability of improvement (Kushner 1964)
+    ucb = "ucb"  # upper confidence bound (Srinivas et al. 2010)
+
+
+class Kernel(str, Enum):
+    """Covariance of the GP over the continuous and integer columns."""
+
+    matern52 = "matern52"  # Matérn-5/2 with ARD length scales (Snoek et al. 2012)
+    rbf = "rbf"  # squared exponential with ARD length scales
+
+
+class ModelKind(str, Enum):
+    """How the GP hyperparameters are handled."""
+
+    map = "map"  # type-II maximum likelihood (with priors, i.e. MAP)
+    fully_bayesian = "fully_bayesian"  # SAAS prior sampled with NUTS (Eriksson & Jankowiak 2021)
+
+
+# Optional[...] rather than "X | None": OmegaConf 2.3 reads these annotations for structured configs.
+@dataclass
+class BOSettings:
+    """Everything the engine needs besides the search space; every field has a safe default."""
+
+    # nasrun tasks return validation accuracy, higher is better (DESIGN.md: the task returns the metric).
+    direction: Direction = Direction.maximize
+    # Scrambled Sobol points before the first model; None means max(5, 2*d) (issue 3; Snoek et al. 2012 used 2).
+    n_initial: int | None = None
+    # Seeds Sobol, the MC base samples and the acquisition optimiser, so a sweep repeats exactly.
+    seed: int = 0
+    # LogEI family: same optimum as EI but optimisable where EI's gradient vanishes (Ament et al. 2023).
+    acquisition: Acquisition = Acquisition.qlognei
+    # EI/PI exploration margin, in standard deviations of the observed values (Lizotte 2008: 0.01).
+    xi: float = 0.01
+    # UCB's beta (kappa squared); None follows the GP-UCB schedule (Srinivas et al. 2010, delta=0.1, nu=1).
+    ucb_beta: float | None = None
+    # Matérn-5/2 ARD: "SE is unrealistically smooth" (Snoek et al. 2012).
+    kernel: Kernel = Kernel.matern52
+    # MAP is fast (about a second per proposal); fully Bayesian SAAS needs jax+numpyro and minutes.
+    model: ModelKind = ModelKind.map
+    # False: near-deterministic objective (noise floor 1e-6, incumbent = best observation);
+    # True: noise floor 1e-4 (BoTorch's MIN_INFERRED_NOISE_LEVEL), incumbent = best posterior mean.
+    noisy: bool = False
+    # Starts of the gradient-based acquisition optimiser (BoTorch tutorials use 10-20).
+    num_restarts: int = 10
+    # Candidates scored before picking the starts (BoTorch tutorials use 512-1024).
+    raw_samples: int = 512
+    # NUTS warm-up steps and samples for model=fully_bayesian (SAASBO paper: 512 and 256, thinned by 16).
+    nuts_warmup: int = 512
+    nuts_samples: int = 256

@@ -1,0 +1,184 @@
+"""The ask/tell engine on small problems: initial design, batches and pending points, failures,
+resume from the store, every acquisition, mixed spaces, and Branin against Sobol."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+from torch.quasirandom import SobolEngine
+
+from nasrun import UserError
+from nasrun.bo import (
+    Acquisition,
+    BayesOpt,
+    BOSettings,
+    Direction,
+    ModelKind,
+    TrialState,
+    TrialStore,
+    parse_overrides,
+)
+from nasrun.bo._botorch import gp_ucb_beta
+
+# Small optimiser settings keep every ask well under a second on a busy 2-core machine.
+FAST = {"num_restarts": 3, "raw_samples": 64}
+
+
+def branin(x: float, y: float) -> float:
+    b, c, t = 5.1 / (4 * math.pi**2), 5 / math.pi, 1 / (8 * math.pi)
+    return (y - b * x**2 + c * x - 6) ** 2 + 10 * (1 - t) * math.cos(x) + 10
+
+
+BRANIN_MIN = 0.397887
+
+
+def branin_space():
+    return parse_overrides(["x=interval(-5, 10)", "y=interval(0, 15)"])[0]
+
+
+def run(bo: BayesOpt, f, n: int) -> None:
+    for _ in range(n):
+        (trial,) = bo.ask()
+        bo.tell(trial.id, f(**trial.params))
+
+
+def test_initial_design_is_seeded_sobol() -> None:
+    space = branin_space()
+    a = BayesOpt(space, BOSettings(seed=3, n_initial=4)).ask(4)
+    b = BayesOpt(space, BOSettings(seed=3, n_initial=4)).ask(4)
+    c = BayesOpt(space, BOSettings(seed=4, n_initial=4)).ask(4)
+    assert [t.params for t in a] == [t.params for t in b] != [t.params for t in c]
+    assert len({tuple(t.x) for t in a}) == 4 and all(t.state is TrialState.PENDING for t in a)
+    assert BayesOpt(space).n_initial == 5  # max(5, 2 d) with d = 2
+    assert BayesOpt(parse_overrides([f"x{i}=interval(0, 1)" for i in range(4)])[0]).n_initial == 8
+
+
+def test_batches_are_distinct_and_respect_pending_points() -> None:
+    space = parse_overrides(["x=interval(0, 1)"])[0]
+    bo = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=4, **FAST))
+    run(bo, lambda x: (x - 0.3) ** 2, 4)
+    batch = bo.ask(4)
+    xs = sorted(t.params["x"] for t in batch)
+    assert min(b - a for a, b in zip(xs, xs[1:])) > 1e-3, xs
+    # The batch is still pending: the next proposal must go elsewhere, not on top of it.
+    (extra,) = bo.ask(1)
+    assert min(abs(extra.params["x"] - x) for x in xs) > 1e-3
+    # Without pending points the same model state proposes near the optimum, i.e. pending points moved it.
+    fresh = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=4, **FAST))
+    run(fresh, lambda x: (x - 0.3) ** 2, 4)
+    (alone,) = fresh.ask(1)
+    assert abs(alone.params["x"] - 0.3) < 0.15
+
+
+def test_failures_are_recorded_and_avoided() -> None:
+    space = parse_overrides(["x=interval(0, 1)"])[0]
+    bo = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=5, **FAST))
+
+    def f(x: float) -> float:
+        return float("nan") if x > 0.6 else (x - 0.2) ** 2
+
+    run(bo, f, 16)
+    trials = bo.trials()
+    failed = [t for t in trials if t.state is TrialState.FAILED]
+    assert failed and all(t.error == "the objective is nan" and t.value is None for t in failed)
+    assert len({tuple(t.x) for t in trials}) == len(trials)  # nothing proposed twice
+    bo_failed = [t for t in failed if t.id >= 5]
+    assert len(bo_failed) <= 3, [t.params for t in bo_failed]  # the model steers away from the failing region
+    assert bo.best().value == pytest.approx(0.0, abs=1e-3)
+
+
+def test_resume_from_the_store_continues(tmp_path: Path) -> None:
+    space = branin_space()
+    path = tmp_path / "trials.sqlite"
+    first = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=4, **FAST), TrialStore(path))
+    run(first, branin, 3)
+    (dangling,) = first.ask()  # proposed, never told: the "crashed" trial
+    second = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=4, **FAST), TrialStore(path))
+    assert [t.id for t in second.trials()] == [0, 1, 2, 3]
+    assert second.trials()[3].state is TrialState.PENDING
+    second.tell(dangling.id, branin(**dangling.params))
+    run(second, branin, 2)
+    xs = [tuple(t.x) for t in second.trials()]
+    assert len(xs) == 6 and len(set(xs)) == 6  # the Sobol sequence continued, nothing repeated
+    with pytest.raises(UserError, match="different direction"):
+        BayesOpt(space, BOSettings(direction=Direction.maximize), TrialStore(path))
+    with pytest.raises(UserError, match="different space"):
+        BayesOpt(
+            parse_overrides(["x=interval(0, 1)"])[0],
+            BOSettings(direction=Direction.minimize),
+            TrialStore(path),
+        )
+
+
+@pytest.mark.parametrize("acq", list(Acquisition))
+def test_every_acquisition_proposes_inside_the_space(acq: Acquisition) -> None:
+    space = branin_space()
+    bo = BayesOpt(
+        space, BOSettings(direction=Direction.minimize, n_initial=5, acquisition=acq, noisy=True, **FAST)
+    )
+    run(bo, branin, 5)
+    batch = bo.ask(2)
+    for t in batch:
+        assert -5 <= t.params["x"] <= 10 and 0 <= t.params["y"] <= 15
+    assert batch[0].x != batch[1].x
+
+
+def test_gp_ucb_schedule_grows_with_time_and_dimension() -> None:
+    assert gp_ucb_beta(10, 2) < gp_ucb_beta(100, 2) < gp_ucb_beta(100, 6)
+    # beta_1 = 2 log(pi^2 / (3 delta)) with delta = 0.1
+    assert gp_ucb_beta(1, 3) == pytest.approx(2 * math.log(math.pi**2 / 0.3))
+
+
+def test_mixed_space_with_choices_and_integers() -> None:
+    space = parse_overrides(
+        ["lr=tag(log, interval(1e-4, 1e-1))", "bs=choice(32, 64, 128)", "layers=int(interval(1, 8))"]
+    )[0]
+
+    def f(lr: float, bs: int, layers: int) -> float:
+        return -((math.log10(lr) + 2) ** 2) - (bs != 64) - 0.1 * (layers - 5) ** 2
+
+    bo = BayesOpt(space, BOSettings(n_initial=6, **FAST))
+    run(bo, f, 8)
+    for t in bo.trials():
+        assert (
+            t.params["bs"] in (32, 64, 128)
+            and isinstance(t.params["layers"], int)
+            and 1 <= t.params["layers"] <= 8
+        )
+    assert bo.best().value > -1.5
+
+
+def test_branin_beats_sobol_at_equal_budget() -> None:
+    """Fixed seeds, 15 evaluations: BO's median regret is below scrambled Sobol's."""
+    budget, seeds = 15, (0, 1, 2)
+    bo_regret, sobol_regret = [], []
+    for seed in seeds:
+        bo = BayesOpt(
+            branin_space(), BOSettings(direction=Direction.minimize, seed=seed, n_initial=5, **FAST)
+        )
+        run(bo, branin, budget)
+        bo_regret.append(bo.best().value - BRANIN_MIN)
+        pts = SobolEngine(2, scramble=True, seed=seed).draw(budget, dtype=torch.float64)
+        sobol_regret.append(min(branin(-5 + 15 * u, 15 * v) for u, v in pts.tolist()) - BRANIN_MIN)
+    assert statistics.median(bo_regret) < statistics.median(sobol_regret), (bo_regret, sobol_regret)
+
+
+@pytest.mark.slow
+def test_fully_bayesian_saas_model() -> None:
+    pytest.importorskip("numpyro")
+    space = parse_overrides([f"x{i}=interval(0, 1)" for i in range(3)])[0]
+    settings = BOSettings(
+        direction=Direction.minimize,
+        n_initial=5,
+        model=ModelKind.fully_bayesian,
+        nuts_warmup=32,
+        nuts_samples=32,
+        **FAST,
+    )
+    bo = BayesOpt(space, settings)
+    run(bo, lambda x0, x1, x2: (x0 - 0.5) ** 2 + (x1 - 0.2) ** 2, 7)
+    assert len(bo.trials()) == 7 and all(t.state is TrialState.COMPLETED for t in bo.trials())

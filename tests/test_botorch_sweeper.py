@@ -1,0 +1,332 @@
+"""The ``hydra/sweeper=botorch`` plugin end to end, on the tiny Branin app in ``tests/bo/app``.
+
+In-process sweeps use Hydra's own ``hydra_sweep_runner`` fixture; crash and launcher tests run the
+app as a real process (SIGKILL must hit a real sweeper).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import OmegaConf
+
+from hydra_plugins.nasrun_botorch_sweeper.botorch_sweeper import BoTorchSweeper
+from nasrun import UserError
+from nasrun.bo import prepare_sweeper_args
+
+REPO = Path(__file__).resolve().parent.parent
+APP = REPO / "tests" / "bo" / "app" / "branin_app.py"
+_spec = importlib.util.spec_from_file_location("branin_app", APP)
+assert _spec is not None and _spec.loader is not None
+branin_app = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(branin_app)
+TASK = branin_app.task.__wrapped__  # the plain function under @hydra.main
+
+
+def run_app(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``python branin_app.py ARGS`` with this checkout importable, one thread."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=APP.parent, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_nasrun_raw(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` with this checkout importable (its hydra_plugins too), one thread."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+def stored(sweep_dir: Path) -> list[dict[str, Any]]:
+    """Rows of the trial store, read with plain sqlite3 (what a user could do)."""
+    with sqlite3.connect(sweep_dir / "trials.sqlite") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY id")]
+
+
+@pytest.fixture
+def sweep(hydra_sweep_runner: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
+    """``sweep(*overrides)``: runs a sweep in-process; returns (trials, sweep_dir, calls)."""
+
+    def _sweep(*overrides: str) -> tuple[Any, Path, list[str]]:
+        calls = tmp_path / "calls.txt"
+        sweep_dir = tmp_path / "sweep"
+        runner = hydra_sweep_runner(
+            calling_file=str(APP),
+            calling_module=None,
+            task_function=TASK,
+            config_path=".",
+            config_name="branin",
+            overrides=prepare_sweeper_args([f"calls_file={calls}", *overrides]),
+            temp_dir=sweep_dir,
+        )
+        runner.__enter__()  # no __exit__: it would delete the sweep folder we inspect
+        lines = calls.read_text().splitlines() if calls.exists() else []
+        return runner.returns, sweep_dir, lines
+
+    return _sweep
+
+
+def test_plugin_is_discovered_and_registered() -> None:
+    # Hydra's discovery imports the module itself, so compare names rather than class objects.
+    names = [f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)]
+    assert f"{BoTorchSweeper.__module__}.BoTorchSweeper" in names
+    assert ConfigStore.instance().load("hydra/sweeper/botorch.yaml").node._target_.endswith("BoTorchSweeper")
+
+
+def test_help_does_not_import_botorch() -> None:
+    out = run_app("-X", "importtime", str(APP), "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "hydra_plugins" in imported  # plugin discovery did run
+    assert "botorch" not in imported and "gpytorch" not in imported
+
+
+def test_nasrun_help_does_not_import_botorch(tmp_path: Path) -> None:
+    pytest.importorskip("nasrun.cli")
+    out = run_nasrun_raw("-X", "importtime", "-m", "nasrun", "--help", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "botorch" not in imported and "gpytorch" not in imported
+
+
+def test_a_small_sweep_writes_store_results_and_plot(sweep: Callable[..., Any]) -> None:
+    trials, sweep_dir, calls = sweep("hydra.sweeper.n_trials=5")
+    rows = stored(sweep_dir)
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 5 and [r["job"] for r in rows] == list(range(5))
+    assert len(calls) == 5 and len({r["params"] for r in rows}) == 5
+    results = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    best = min(rows, key=lambda r: r["value"])
+    assert results.best_value == pytest.approx(best["value"]) and results.direction == "minimize"
+    assert OmegaConf.to_container(results.best_params) == json.loads(best["params"])
+    assert results.best_value == pytest.approx(
+        branin_app.branin(results.best_params.x, results.best_params.y)
+    )
+    assert (sweep_dir / "convergence.png").read_bytes()[:4] == b"\x89PNG"
+    assert all((sweep_dir / str(j) / ".hydra" / "overrides.yaml").exists() for j in range(5))
+
+
+def test_dict_return_with_objective_key(sweep: Callable[..., Any]) -> None:
+    _, sweep_dir, _ = sweep("hydra.sweeper.n_trials=3", "misbehave=dict", "hydra.sweeper.objective=branin")
+    assert [r["state"] for r in stored(sweep_dir)] == ["COMPLETED"] * 3
+
+
+def test_failed_and_nan_trials_are_recorded_and_the_sweep_goes_on(sweep: Callable[..., Any]) -> None:
+    # Half the x range fails, one way or the other; the sweep must still reach its budget.
+    _, sweep_dir, _ = sweep(
+        "hydra.sweeper.n_trials=7", "hydra.sweeper.max_failure_rate=1.0", "misbehave=raise_if_x_gt_5"
+    )
+    rows = stored(sweep_dir)
+    assert len(rows) == 7 and all(r["state"] in ("COMPLETED", "FAILED") for r in rows)
+    failed = [r for r in rows if r["state"] == "FAILED"]
+    assert failed and all(r["error"].startswith("RuntimeError: diverged at x=") for r in failed)
+    assert len({r["params"] for r in rows}) == 7  # a failed point is not proposed again
+
+
+def test_nan_is_a_failure(sweep: Callable[..., Any]) -> None:
+    _, sweep_dir, _ = sweep(
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.max_failure_rate=1.0",
+        "misbehave=nan_if_x_gt_5",
+        "hydra.sweeper.params.x=interval(6, 10)",
+    )
+    rows = stored(sweep_dir)
+    assert [r["state"] for r in rows] == ["FAILED"] * 4 and rows[0]["error"] == "the objective is nan"
+
+
+def test_too_many_failures_stop_the_sweep(sweep: Callable[..., Any]) -> None:
+    with pytest.raises(
+        UserError, match=r"3 of 8 trials failed, more than hydra.sweeper.max_failure_rate=0.25"
+    ):
+        sweep("hydra.sweeper.n_trials=8", "misbehave=always_raise")
+
+
+def test_a_non_number_stops_with_one_line(sweep: Callable[..., Any]) -> None:
+    with pytest.raises(UserError, match=r"returned 'not a number' \(str\); the task must return a number"):
+        sweep("misbehave=string")
+    with pytest.raises(
+        UserError, match=r"hydra.sweeper.objective=None: .* returned a dict with keys \['branin', 'other'\]"
+    ):
+        sweep("misbehave=dict")
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("hydra.sweeper.params.z=interval(0, 1)", "unknown parameter path 'z'"),
+        ("hydra.sweeper.params.x=interval(1, 0)", "parameter 'x': interval(1.0, 0.0) is empty"),
+        (
+            "hydra.sweeper.params.x=tag(log, interval(0, 1))",
+            "parameter 'x': tag(log, ...) needs a positive range",
+        ),
+        ("hydra.sweeper.params.x=choice()", "parameter 'x': ValueError while evaluating 'choice()'"),
+        ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is invalid"),
+    ],
+)
+def test_bad_input_fails_before_any_trial(sweep: Callable[..., Any], override: str, needle: str) -> None:
+    with pytest.raises(UserError) as info:
+        sweep(override)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_misspelt_sweeper_key_fails_at_compose(tmp_path: Path) -> None:
+    out = run_app(str(APP), "-m", f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trails=3")
+    assert out.returncode != 0 and "n_trails" in out.stderr
+    assert not (tmp_path / "trials.sqlite").exists()
+
+
+def test_resume_after_sigkill(tmp_path: Path) -> None:
+    """Kill the sweeper (SIGKILL, mid-batch), re-run the same command: the sweep completes."""
+    calls = tmp_path / "calls.txt"
+    sweep_dir = tmp_path / "sweep"
+    args = [
+        str(APP),
+        "-m",
+        f"hydra.sweep.dir={sweep_dir}",
+        f"calls_file={calls}",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.batch_size=2",
+        "hydra.sweeper.n_initial=2",
+    ]
+    first = run_app(*args, "kill_at_job=3")
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    before = stored(sweep_dir)
+    # Batch 1 (jobs 0, 1) was told; in batch 2 job 2 returned and job 3 died with the sweeper.
+    assert [r["state"] for r in before] == ["COMPLETED", "COMPLETED", "RUNNING", "RUNNING"]
+
+    second = run_app(*args, "kill_at_job=3")  # same command; the kill happens only once
+    assert second.returncode == 0, second.stderr[-2000:]
+    rows = stored(sweep_dir)
+    assert len(rows) == 6 and all(r["state"] == "COMPLETED" for r in rows)  # the budget holds
+    jobs = [int(line.split()[0]) for line in calls.read_text().splitlines()]
+    # 6 trials + the killed one again; job numbers continue after the crash, no folder is reused.
+    assert jobs == [0, 1, 2, 3, 4, 5, 6]
+    # Job 2 finished before the crash: its value was recovered, not re-run. Job 3 was re-run as job 4.
+    assert rows[2]["job"] == 2 and rows[3]["job"] == 4
+    points = [tuple(line.split()[1:]) for line in calls.read_text().splitlines()]
+    assert points[3] == points[4] and len(set(points)) == 6
+    assert OmegaConf.load(sweep_dir / "optimization_results.yaml").n_trials == 6
+
+
+def test_joblib_launcher_runs_batches_in_parallel(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    out = run_app(
+        str(APP),
+        "-m",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.batch_size=3",
+        "hydra.sweeper.n_initial=3",
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = stored(tmp_path)
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 6 and len({r["params"] for r in rows}) == 6
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    out = run_app(
+        str(APP),
+        "-m",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra/launcher=submitit_local",
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.batch_size=2",
+        "hydra.sweeper.n_initial=2",
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [r["state"] for r in stored(tmp_path)] == ["COMPLETED"] * 4
+
+
+def _sweep_group() -> str:
+    """``sweep=`` if conf/config.yaml lists the group in its defaults, else ``+sweep=`` to add it."""
+    defaults = OmegaConf.load(REPO / "conf" / "config.yaml").get("defaults", [])
+    listed = any(isinstance(d, Mapping) and "sweep" in d for d in defaults)
+    return "sweep" if listed else "+sweep"
+
+
+def run_nasrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "nasrun", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.mark.slow  # about a minute on a busy 2-core machine: three tiny search+retrain runs
+def test_sweep_preset_on_the_real_nasrun_smoke_experiment(tmp_path: Path) -> None:
+    pytest.importorskip("nasrun.cli")
+    out = run_nasrun(
+        f"{_sweep_group()}=smoke_bo", "experiment=smoke", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = stored(tmp_path)
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 3
+    assert all(0.0 <= r["value"] <= 100.0 for r in rows)  # validation accuracy, %
+    assert {json.loads(r["params"])["trainer.batch_size"] for r in rows} <= {32, 64}
+    assert OmegaConf.load(tmp_path / "optimization_results.yaml").direction == "maximize"
+
+
+@pytest.mark.slow
+def test_issue_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
+    """The issue's spelling: the space as unquoted ``hydra.sweeper.params.*`` overrides (needs
+    ``nasrun.cli.main`` to pass ``sys.argv`` through ``prepare_sweeper_args``)."""
+    pytest.importorskip("nasrun.cli")
+    out = run_nasrun(
+        "-m",
+        "hydra/sweeper=botorch",
+        "experiment=smoke",
+        f"hydra.sweep.dir={tmp_path}",
+        "hydra.sweeper.params.trainer.lr=tag(log, interval(1e-3, 0.3))",
+        "hydra.sweeper.params.retrain.drop_path=interval(0.0, 0.4)",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_initial=2",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [r["state"] for r in stored(tmp_path)] == ["COMPLETED"] * 2
+
+
+def test_slurm_launcher_preset_composes() -> None:
+    cli = pytest.importorskip("nasrun.cli")
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(cli.config_dir())):
+        cfg = compose(
+            "config",
+            overrides=["hydra/launcher=slurm_gpu", "hydra/sweeper=botorch"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.sweeper.n_trials == 20

@@ -6,7 +6,9 @@ app as a real process (SIGKILL must hit a real sweeper).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -83,7 +85,16 @@ def sweep(hydra_sweep_runner: Callable[..., Any], tmp_path: Path) -> Callable[..
             overrides=prepare_sweeper_args([f"calls_file={calls}", *overrides]),
             temp_dir=sweep_dir,
         )
-        runner.__enter__()  # no __exit__: it would delete the sweep folder we inspect
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                runner.__enter__()  # no __exit__: it would delete the sweep folder we inspect
+        except SystemExit as e:
+            # The sweeper's contract for user mistakes: exit status 2 and one line on stderr.
+            # (Failed jobs before it are logged by Hydra on lines of their own.)
+            last = err.getvalue().rstrip("\n").splitlines()[-1]
+            assert e.code == 2 and last.startswith("nasrun: error: "), err.getvalue()
+            raise UserError(last.removeprefix("nasrun: error: ")) from None
         lines = calls.read_text().splitlines() if calls.exists() else []
         return runner.returns, sweep_dir, lines
 

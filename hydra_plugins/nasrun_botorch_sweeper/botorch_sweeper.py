@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
@@ -25,5 +26,15 @@ class BoTorchSweeper(Sweeper):
         self._impl.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        """Runs (or resumes) the sweep; see ``BoTorchSweeperImpl.sweep``."""
-        return self._impl.sweep(arguments)
+        """Runs (or resumes) the sweep; see ``BoTorchSweeperImpl.sweep``.
+
+        A user mistake (bad search space, too many failed trials) ends the process with one line
+        on stderr and exit status 2: Hydra would otherwise print it under a traceback.
+        """
+        from nasrun import UserError
+
+        try:
+            return self._impl.sweep(arguments)
+        except UserError as e:
+            print(f"nasrun: error: {e}", file=sys.stderr)
+            sys.exit(2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -27,7 +27,8 @@ class BoTorchSweeperConf(BOSettings):
     # SQLite trial store; None means <hydra.sweep.dir>/trials.sqlite, which is what makes resume work.
     storage: str | None = None
     # Search space in Hydra's override grammar, e.g. {trainer.lr: "tag(log, interval(1e-4, 0.1))"}.
-    params: dict[str, Any] | None = None
+    # An empty mapping rather than None, so that command-line keys can be added under it.
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 ConfigStore.instance().store(

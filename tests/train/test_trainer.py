@@ -35,7 +35,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     trainer = Trainer(device="cpu", epochs=3, batch_size=16)
     batches_per_epoch = 3  # 48 training images / 16
     model = GoesNaN(healthy_calls=batches_per_epoch)  # epoch 1 is fine, epoch 2 goes NaN
-    with pytest.raises(NonFiniteLossError, match="loss became nan in epoch 2; the checkpoint of epoch 1 is intact"):
+    with pytest.raises(
+        NonFiniteLossError, match="loss became nan in epoch 2; the checkpoint of epoch 1 is intact"
+    ):
         trainer.fit(model, data, run_dir=tmp_path, phase="retrain", quiet=True)
     state = load_checkpoint(tmp_path / "checkpoints" / "retrain.pt")
     assert state["epoch"] == 1

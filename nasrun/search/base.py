@@ -150,7 +150,8 @@ class BlackBoxStrategy(ABC):
             records = state["history"]
         log = HistoryLog(ctx.run_dir / "history.jsonl", records)
         best: dict[str, Any] | None = max(records, key=lambda r: r["val_acc"], default=None)
-        t0 = time.perf_counter()
+        # Wall time continues across a resume instead of restarting at zero.
+        t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
         console = get_console()
         with progress_bar("search", total=self.budget, completed=len(records)) as advance:
             while len(log.records) < self.budget:
@@ -180,6 +181,7 @@ class BlackBoxStrategy(ABC):
         console.print(
             f"[bold]search[/] best val_acc {best['val_acc']:.2f} after {len(log.records)} evaluations"
         )
+        _plot(log.records, ctx.run_dir / "convergence.png")
         genotype = Genotype.from_dict(best["genotype"])
         return SearchResult(
             genotype=genotype,
@@ -190,3 +192,15 @@ class BlackBoxStrategy(ABC):
             },
             history=log.records,
         )
+
+
+def _plot(records: list[dict[str, Any]], path: Path) -> None:
+    """``convergence.png``: each evaluation's score and the best so far; never costs the results."""
+    try:
+        from nasrun.report.plots import plot_convergence
+
+        plot_convergence(
+            [r["val_acc"] for r in records], path, title="search", ylabel="validation accuracy (%)"
+        )
+    except Exception as e:  # noqa: BLE001 - a plot is a convenience, the search result matters more
+        get_console().print(f"[yellow]could not plot the convergence: {e}")

@@ -1,0 +1,40 @@
+"""Uniform random search: the baseline every NAS paper reports (Li & Talwalkar 2019)."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from nasrun.search._common import Key, keys_from_state, keys_to_state, sample_unseen
+from nasrun.search.base import BlackBoxStrategy
+from nasrun.space.base import SearchSpace
+from nasrun.space.genotype import Genotype
+from nasrun.train.checkpoint import python_rng_state, set_python_rng_state
+
+
+class RandomSearch(BlackBoxStrategy):
+    """Sample architectures uniformly at random, without repeats.
+
+    Args:
+        space: the search space.
+        seed: seeds the sampler.
+        budget: number of architectures to evaluate.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: int = 100) -> None:
+        super().__init__(space, seed, budget)
+        self.rng = random.Random(seed)
+        self.seen: set[Key] = set()
+
+    def ask(self) -> Genotype:
+        return self.space.decode(sample_unseen(self.space, self.rng, self.seen))
+
+    def tell(self, genotype: Genotype, score: float) -> None:
+        self.seen.add(tuple(self.space.encode(genotype)))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": python_rng_state(self.rng), "seen": keys_to_state(self.seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_python_rng_state(self.rng, state["rng"])
+        self.seen = keys_from_state(state["seen"])

@@ -1,0 +1,55 @@
+"""The training evaluator: scores by validation accuracy, caches repeats, explains bad set-ups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasrun import UserError
+from nasrun.data.base import DataModule, TensorSplit
+from nasrun.evaluator.train import TrainEvaluator
+from nasrun.search.base import SearchContext
+from nasrun.space.nb201 import NB201Space
+from nasrun.train.trainer import Trainer
+
+
+def _data(val_portion: float) -> DataModule:
+    g = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> TensorSplit:
+        return TensorSplit(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+    return DataModule("toy", split(48), split(16), num_classes=3, val_portion=val_portion)
+
+
+def _ctx(tmp_path: Path, val_portion: float = 0.25) -> SearchContext:
+    space = NB201Space(channels=4, cells=1)
+    return SearchContext(
+        space=space,
+        run_dir=tmp_path,
+        data=_data(val_portion),
+        trainer=Trainer(device="cpu", epochs=1, batch_size=16),
+    )
+
+
+def test_scores_are_percentages_deterministic_and_cached(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    g = ctx.space.decode([3, 1, 2, 4, 0, 3])
+    ev = TrainEvaluator(epochs=1)
+    first = ev.evaluate(g, ctx)
+    assert 0 <= first.val_acc <= 100 and first.test_acc is not None and first.extra["params"] > 0
+    assert ev.evaluate(g, ctx) is first  # a repeat is free
+    again = TrainEvaluator(epochs=1).evaluate(g, ctx)  # a fresh evaluator retrains: same seed, same score
+    assert again.val_acc == first.val_acc
+
+
+def test_bad_setups_name_the_setting(tmp_path: Path) -> None:
+    g = NB201Space().decode([3] * 6)
+    with pytest.raises(UserError, match="data.val_portion"):
+        TrainEvaluator(epochs=1).evaluate(g, _ctx(tmp_path, val_portion=0.0))
+    with pytest.raises(UserError, match="evaluator.network"):
+        TrainEvaluator(epochs=1, network={"layers": 3}).evaluate(g, _ctx(tmp_path))
+    with pytest.raises(UserError, match="evaluator.epochs"):
+        TrainEvaluator(epochs=0)

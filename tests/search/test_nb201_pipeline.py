@@ -1,0 +1,77 @@
+"""``nasrun search=... space=nb201 evaluator=...`` end to end through the real config and pipeline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nasrun.pipeline import run
+from nasrun.space.nb201 import from_string
+from tests.conftest import SHARED_DATA
+
+TABLE = SHARED_DATA / "nb201_cifar10_12ep.csv"
+
+
+@pytest.mark.skipif(not TABLE.is_file(), reason=f"{TABLE} not present")
+def test_tabular_search_writes_the_run_folder(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(
+        "search=evolution",
+        "space=nb201",
+        "evaluator=tabular",
+        f"evaluator.table={TABLE}",
+        "search.budget=30",
+        "seed=3",
+    )
+    objective = run(cfg, tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    from_string(result["genotype"])  # the NAS-Bench-201 string of the chosen cell
+    assert result["n_evaluations"] == 30
+    assert objective == result["val_acc"] and 0 < result["val_acc"] <= 84.892  # the table's best
+    assert 0 < result["test_acc"] <= 100
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 30 and history[-1]["best_val_acc"] == result["val_acc"]
+    assert {"arch", "val_acc", "best_val_acc", "wall_s"} <= history[0].keys()
+    assert (tmp_path / "genotype.json").is_file() and (tmp_path / "convergence.png").is_file()
+
+
+def test_bad_table_is_one_line_without_traceback(cli, tmp_path: Path) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("arch,val\n|none~0|+|none~0|none~1|+|none~0|none~1|none~2|,1\n")
+    proc = cli(
+        "search=random_search",
+        "space=nb201",
+        "evaluator=tabular",
+        f"evaluator.table={table}",
+        "hydra.run.dir=run",
+    )
+    assert proc.returncode == 2
+    err = [line for line in proc.stderr.splitlines() if line.startswith("nasrun: error:")]
+    assert len(err) == 1 and "t.csv" in err[0] and "missing column 'val_acc'" in err[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_evaluator_runs_a_tiny_search_on_digits(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(
+        "search=evolution",
+        "search.budget=3",
+        "search.population=2",
+        "search.sample=2",
+        "space=nb201",
+        "space.channels=4",
+        "space.cells=1",
+        "data=digits",
+        "data.image_size=8",
+        "evaluator=train",
+        "evaluator.epochs=1",
+        "trainer.batch_size=64",
+        "retrain.enabled=false",
+    )
+    run(cfg, tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 3 and len({h["arch"] for h in history}) == 3
+    assert 0 <= result["val_acc"] <= 100 and 0 <= result["test_acc"] <= 100
+    assert result["val_acc"] == max(h["val_acc"] for h in history)
+    from_string(result["genotype"])

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from nasrun import UserError
 from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
-from nasrun.report.results import count_flops, count_params, print_summary, write_result
+from nasrun.report.results import count_flops, count_params, print_summary
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.space.genotype import Genotype, write_json_atomic
 
@@ -164,7 +164,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         result["val_acc"] = result.get("search_val_acc")
         result["test_acc"] = result.get("search_test_acc")
     result["wall_s"] = timings
-    write_result(run_dir / "result.json", result)
+    write_json_atomic(run_dir / "result.json", result)
     print_summary(result)
     if objective is None:
         raise UserError(
@@ -181,6 +181,3 @@ def _draw(genotype: Genotype, run_dir: Path) -> None:
         plot_cells(genotype, run_dir / "cells.png")
     except Exception as e:  # noqa: BLE001 - drawing is a convenience, results matter more
         get_console().print(f"[yellow]could not draw the cells: {e}")
-
-
-__all__ = ["run", "seed_everything", "write_json_atomic"]

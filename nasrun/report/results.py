@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +9,6 @@ from rich.table import Table
 from torch import nn
 
 from nasrun.report.console import get_console
-from nasrun.space.genotype import write_json_atomic
 
 
 def count_params(model: nn.Module) -> int:
@@ -31,10 +29,6 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model(x)
     model.train(was_training)
     return int(counter.get_total_flops())
-
-
-def write_result(path: Path, result: dict[str, Any]) -> None:
-    write_json_atomic(path, result)
 
 
 def _fmt(value: Any) -> str:

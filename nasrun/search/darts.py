@@ -71,6 +71,8 @@ class DartsStepper:
         self.grad_clip = grad_clip
         self.alphas: list[nn.Parameter] = list(supernet.arch_parameters())  # type: ignore[operator]
         self.weights: list[nn.Parameter] = list(supernet.weight_parameters())  # type: ignore[operator]
+        # Parameter names in the same order, for functional calls with substituted weights.
+        self.weight_names = [n for n, p in supernet.named_parameters() if not n.startswith("alphas_")]
         self.w_opt = torch.optim.SGD(self.weights, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=epochs, eta_min=lr_min)
         betas = (float(arch_betas[0]), float(arch_betas[1]))
@@ -127,15 +129,11 @@ class DartsStepper:
         Buffers are passed as copies, so these extra forward passes leave the BatchNorm running
         statistics as the ordinary steps set them.
         """
-        names = [n for n, _ in self._named_weights()]
-        params: dict[str, torch.Tensor] = dict(zip(names, weights))
+        params: dict[str, torch.Tensor] = dict(zip(self.weight_names, weights))
         params.update({n: b.clone() for n, b in self.module.named_buffers()})
         with self.trainer.autocast():
             logits = functional_call(self.module, params, (x,))
         return cross_entropy(logits, y)
-
-    def _named_weights(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.module.named_parameters() if not n.startswith("alphas_")]
 
     def unrolled_arch_grad(
         self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor

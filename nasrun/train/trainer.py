@@ -9,7 +9,6 @@ last complete epoch.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,7 +184,7 @@ class Trainer:
                 linearly from 0 to ``drop_path`` over the epochs (DARTS retraining).
             data: the data module.
             run_dir: if given, checkpoints go to ``run_dir/checkpoints/{phase}.pt`` and one line per
-                epoch to ``run_dir/{phase}_history.jsonl``... see ``HistoryLog``.
+                epoch to ``run_dir/{phase}_history.jsonl``.
             phase: name of the phase (progress bar, checkpoint and history file names).
             epochs: overrides ``self.epochs`` (proxy schedules).
             aux_weight: weight of the auxiliary loss (DARTS: 0.4).
@@ -290,8 +289,6 @@ class Trainer:
                         f"train_acc {metrics['train_acc']:.2f}{val} ({time.perf_counter() - t0:.1f}s)"
                     )
                 advance(1, "")
-        if not math.isfinite(metrics.get("train_loss", 0.0)):
-            raise NonFiniteLossError(f"{phase}: non-finite training loss")
         metrics["epochs"] = n_epochs
         metrics["wall_s"] = wall
         return metrics

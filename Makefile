@@ -4,10 +4,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow demo lint bench bench-bo
+.PHONY: help install test test-slow test-gpu demo lint bench bench-train bench-bo
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,6 +23,9 @@ test: install  ## the fast test suite (minutes, CPU)
 test-slow: install  ## the long end-to-end tests
 	$(PY) -m pytest -q -m slow
 
+test-gpu: install  ## the CUDA tests: bf16, channels_last, torch.compile (needs a GPU)
+	$(PY) -m pytest -q -m gpu
+
 demo: install  ## a real, small DARTS search + retrain on the bundled digits data
 	$(VENV)/bin/nasrun experiment=demo
 
@@ -33,6 +36,9 @@ lint: install  ## ruff (lint + format check) and mypy
 
 bench: install  ## DARTS search-step benchmark on synthetic data (see README)
 	$(PY) scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 --image-size 32 --steps 5
+
+bench-train: install  ## retraining-step benchmark, darts_v2 at 36 channels x 20 cells (see README)
+	$(PY) scripts/bench_train.py --genotype darts_v2 --channels 36 --layers 20 --batch-size 96
 
 bench-bo: install  ## BO benchmark: nasrun vs Sobol vs Optuna GP/TPE (slow; see README)
 	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat

@@ -9,6 +9,7 @@ last complete epoch.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,8 @@ class Trainer:
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.eval_batch_size = eval_batch_size
+        # Running loss sums; Apple's MPS backend has no float64.
+        self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
     # -- helpers shared with the search strategies ---------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -146,15 +149,50 @@ class Trainer:
         """Mean cross-entropy and accuracy (%) of ``model`` on ``split``, in eval mode."""
         was_training = model.training
         model.eval()
-        loss_sum, correct, n = 0.0, 0, 0
+        loss_sum = torch.zeros((), dtype=self._sum_dtype, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        n = 0
         for x, y in self.batches(split, self.eval_batch_size):
             with self.autocast():
                 logits = model(x)
-            loss_sum += float(cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += cross_entropy(logits, y, reduction="sum").to(self._sum_dtype)
+            correct += (logits.argmax(1) == y).sum()
             n += int(y.numel())
         model.train(was_training)
-        return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
+        return float(loss_sum) / max(n, 1), 100.0 * int(correct) / max(n, 1)
+
+    def train_step(
+        self,
+        model: nn.Module,
+        module: nn.Module,
+        opt: torch.optim.Optimizer,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        aux_weight: float = 0.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step on a batch, as ``fit`` takes it; no host synchronisation.
+
+        Args:
+            model: the module to call (``prepare``'s result: maybe compiled).
+            module: the underlying module (its parameters are clipped).
+            opt: the optimiser over ``module``'s parameters.
+            x, y: the batch, already on the device.
+            aux_weight: weight of the auxiliary head's loss, if the model returns one.
+
+        Returns:
+            The detached loss and logits.
+        """
+        with self.autocast():
+            out = model(x)
+            logits, aux = out if isinstance(out, tuple) else (out, None)
+            loss = cross_entropy(logits, y)
+            if aux is not None and aux_weight > 0:
+                loss = loss + aux_weight * cross_entropy(aux, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.clip(module.parameters())
+        opt.step()
+        return loss.detach(), logits.detach()
 
     def clip(self, params: Any) -> None:
         if self.grad_clip > 0:
@@ -234,33 +272,30 @@ class Trainer:
                 if hasattr(module, "drop_path_prob"):
                     cast(Any, module).drop_path_prob = drop_path * epoch / n_epochs  # linear ramp (DARTS)
                 model.train()
-                loss_sum, correct, n = 0.0, 0, 0
+                # Sums stay on the device: one synchronisation per epoch, not one per step.
+                loss_sum = torch.zeros((), dtype=self._sum_dtype, device=self.device)
+                correct_sum = torch.zeros((), dtype=torch.int64, device=self.device)
+                n = 0
                 gen = epoch_generator(seed, epoch)
                 for x, y in self.batches(data.train, self.batch_size, gen, augment):
-                    with self.autocast():
-                        out = model(x)
-                        logits, aux = out if isinstance(out, tuple) else (out, None)
-                        loss = cross_entropy(logits, y)
-                        if aux is not None and aux_weight > 0:
-                            loss = loss + aux_weight * cross_entropy(aux, y)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLossError(
-                            f"{phase}: loss became {float(loss.detach())} in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact"
-                            " (try a lower trainer.lr)"
-                        )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.clip(module.parameters())
-                    opt.step()
-                    loss_sum += float(loss.detach()) * y.numel()
-                    correct += int((logits.detach().argmax(1) == y).sum())
+                    loss, logits = self.train_step(model, module, opt, x, y, aux_weight)
+                    loss_sum += loss.to(self._sum_dtype) * y.numel()
+                    correct_sum += (logits.argmax(1) == y).sum()
                     n += int(y.numel())
+                train_loss, correct = float(loss_sum), int(correct_sum)
+                if not math.isfinite(train_loss):
+                    # Checked once per epoch; the epoch's checkpoint is not written, so the last
+                    # good one stays.
+                    raise NonFiniteLossError(
+                        f"{phase}: loss became {train_loss} in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact"
+                        " (try a lower trainer.lr)"
+                    )
                 sched.step()
                 wall += time.perf_counter() - t0
                 metrics = {
                     "epoch": epoch + 1,
                     "lr": opt.param_groups[0]["lr"],
-                    "train_loss": loss_sum / n,
+                    "train_loss": train_loss / n,
                     "train_acc": 100.0 * correct / n,
                 }
                 if data.val is not None:

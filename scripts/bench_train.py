@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Time retraining steps of a discrete cell network (the phase that takes DARTS 600 epochs).
+
+Builds the network of a genotype from ``conf/genotype/`` at the retraining size, and times
+``Trainer.train_step`` (the step ``nasrun`` takes in ``fit``) on synthetic 32x32 batches. Prints one
+JSON line: median seconds per step over ``--repeats`` timed windows of ``--steps`` steps, images per
+second, the implied seconds per CIFAR-10 epoch (50,000 images) and peak memory. For performance
+work, not a test.
+
+    python scripts/bench_train.py --genotype darts_v2 --channels 36 --layers 20 --batch-size 96 \
+        [--device cuda] [--amp bf16] [--channels-last] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from nasrun.cli import config_dir
+from nasrun.data.synthetic import synthetic
+from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.space.genotype import Genotype
+from nasrun.train.trainer import Trainer
+
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+def load_genotype(name: str) -> Genotype:
+    path = config_dir() / "genotype" / f"{name}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--genotype {name}: no file {path}")
+    data = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(data, dict)
+    for key in ("defaults", "name", "space"):
+        data.pop(key, None)
+    return Genotype.from_dict(data, where=str(path))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--genotype", default="darts_v2")
+    p.add_argument("--channels", type=int, default=36)
+    p.add_argument("--layers", type=int, default=20)
+    p.add_argument("--no-auxiliary", action="store_true")
+    p.add_argument("--batch-size", type=int, default=96)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=3, help="timed windows (the median is reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--amp", choices=["none", "bf16"], default="none")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    trainer = Trainer(
+        device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile
+    )
+    space = CifarCellSpace(layers=args.layers, channels=args.channels)
+    module = space.build_network(
+        load_genotype(args.genotype), num_classes=10, in_channels=3, auxiliary=not args.no_auxiliary
+    )
+    module.drop_path_prob = 0.2  # type: ignore[assignment]  # DARTS retraining's value
+    model = trainer.prepare(module)
+    model.train()
+    opt = torch.optim.SGD(module.parameters(), lr=trainer.lr, momentum=trainer.momentum, weight_decay=3e-4)
+    data = synthetic(n_train=args.batch_size * 4, n_test=1, image_size=args.image_size, val_portion=0.0)
+    batches = list(trainer.batches(data.train, args.batch_size))
+    cuda = trainer.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+
+    def window(n: int) -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n):
+            x, y = batches[i % len(batches)]
+            trainer.train_step(model, module, opt, x, y, aux_weight=0.4)
+        if cuda:
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n
+
+    t_first = time.perf_counter()
+    window(args.warmup)
+    warmup_s = time.perf_counter() - t_first
+    sec = statistics.median(window(args.steps) for _ in range(args.repeats))
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
+    print(
+        json.dumps(
+            {
+                "genotype": args.genotype,
+                "device": torch.cuda.get_device_name() if cuda else "cpu",
+                "channels": args.channels,
+                "layers": args.layers,
+                "batch_size": args.batch_size,
+                "image_size": args.image_size,
+                "channels_last": args.channels_last,
+                "amp": args.amp,
+                "compile": args.compile,
+                "params": sum(p.numel() for p in module.parameters()),
+                "warmup_s": round(warmup_s, 2),
+                "sec_per_step": round(sec, 5),
+                "images_per_sec": round(args.batch_size / sec, 1),
+                "sec_per_cifar_epoch": round(CIFAR_TRAIN_IMAGES / args.batch_size * sec, 1),
+                "peak_memory_mb": round(peak / 2**20, 1),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,6 +43,34 @@ def test_unknown_key_and_wrong_type_fail_at_compose(compose_cfg) -> None:
         compose_cfg("experiment=smoke", "search.epochs=many")
 
 
+TABULAR = ["space=nb201", "evaluator=tabular", "seed=3"]
+
+
+@pytest.mark.parametrize(
+    "args, needles",
+    [
+        (
+            ["search=evolution", "evaluator.table=t.csv", "search.budget=abc"],
+            ["search.budget=abc", "Integer"],
+        ),
+        (
+            ["search=evolution", "evaluator.table=t.csv", "search.populaton=3"],
+            ["search.populaton", "Evolution"],
+        ),
+        (["search=evolution"], ["Missing mandatory value: evaluator.table"]),
+        (["search=evolutoin", "evaluator.table=t.csv"], ["search/evolutoin", "options: ", "evolution"]),
+    ],
+)
+def test_config_errors_print_one_line_and_exit_2(
+    cli, tmp_path: Path, args: list[str], needles: list[str]
+) -> None:
+    proc = cli(*TABULAR, *args, "hydra.run.dir=run")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("nasrun: error: ") and all(n in lines[0] for n in needles), lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_user_errors_print_one_line_without_traceback(cli, tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(

@@ -2,8 +2,9 @@
 
 Each YAML file in ``conf/<group>/`` starts its defaults list with ``<name>_schema``, so Hydra
 validates it against the dataclass at compose time: a misspelt key or a value of the wrong type
-stops the run before any data is loaded. Value ranges (``epochs > 0`` ...) are checked by the
-constructors, which the pipeline calls before any training starts.
+stops the run before any data is loaded. (``conf/evaluator/tabular.yaml`` is a global config, so
+it places its schema with ``tabular_schema@evaluator``.) Value ranges (``epochs > 0`` ...) are
+checked by the constructors, which the pipeline calls before any training starts.
 """
 
 from __future__ import annotations
@@ -92,6 +93,77 @@ class DartsSearchConfig:
 
 
 @dataclass
+class RandomSearchConfig:
+    _target_: str = "nasrun.search.random_search.RandomSearch"
+    _partial_: bool = True
+    budget: int = 100
+
+
+@dataclass
+class EvolutionSearchConfig:
+    _target_: str = "nasrun.search.evolution.RegularizedEvolution"
+    _partial_: bool = True
+    budget: int = 100
+    population: int = 20
+    sample: int = 5
+
+
+@dataclass
+class ReinforceSearchConfig:
+    _target_: str = "nasrun.search.reinforce.Reinforce"
+    _partial_: bool = True
+    budget: int = 100
+    batch: int = 5
+    hidden: int = 64
+    lr: float = 0.01
+    baseline_decay: float = 0.9
+    entropy_weight: float = 1e-4
+
+
+@dataclass
+class PNASSearchConfig:
+    _target_: str = "nasrun.search.pnas.PNAS"
+    _partial_: bool = True
+    budget: int = 100
+    beam: int = 256
+    k: int = 10
+    completions: int = 16
+    members: int = 5
+
+
+@dataclass
+class BOSearchConfig:
+    _target_: str = "nasrun.search.bo_search.BayesianOptimization"
+    _partial_: bool = True
+    budget: int = 100
+    n_init: int = 10
+    n_parents: int = 10
+    n_random: int = 100
+    refit_every: int = 10
+
+
+@dataclass
+class NB201SpaceConfig:
+    _target_: str = "nasrun.space.nb201.NB201Space"
+    channels: int = 16
+    cells: int = 5
+
+
+@dataclass
+class TrainEvaluatorConfig:
+    _target_: str = "nasrun.evaluator.train.TrainEvaluator"
+    epochs: int = 12
+    network: dict[str, Any] = field(default_factory=dict)
+    workers: int = 1
+
+
+@dataclass
+class TabularEvaluatorConfig:
+    _target_: str = "nasrun.evaluator.tabular.TabularEvaluator"
+    table: str = MISSING
+
+
+@dataclass
 class CifarDataConfig:
     _target_: str = "nasrun.data.cifar.cifar10"
     root: str = "~/.cache/nasrun"
@@ -135,8 +207,16 @@ class GenotypeConfig:
 SCHEMAS: dict[str, dict[str, Any]] = {
     "trainer": {"trainer_schema": TrainerConfig},
     "retrain": {"retrain_schema": RetrainConfig},
-    "space": {"cifar_cell_schema": CifarCellSpaceConfig},
-    "search": {"darts_schema": DartsSearchConfig},
+    "space": {"cifar_cell_schema": CifarCellSpaceConfig, "nb201_schema": NB201SpaceConfig},
+    "search": {
+        "darts_schema": DartsSearchConfig,
+        "random_search_schema": RandomSearchConfig,
+        "evolution_schema": EvolutionSearchConfig,
+        "reinforce_schema": ReinforceSearchConfig,
+        "pnas_schema": PNASSearchConfig,
+        "bo_schema": BOSearchConfig,
+    },
+    "evaluator": {"train_schema": TrainEvaluatorConfig, "tabular_schema": TabularEvaluatorConfig},
     "data": {
         "cifar_schema": CifarDataConfig,
         "digits_schema": DigitsDataConfig,

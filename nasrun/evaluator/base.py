@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from nasrun.space.genotype import Genotype
 
@@ -33,4 +34,23 @@ class Evaluator(Protocol):
 
     def evaluate(self, genotype: Genotype, ctx: SearchContext) -> Evaluation:
         """Score ``genotype``; ``ctx`` carries the space, data, trainer and run folder."""
+        ...
+
+
+@runtime_checkable
+class ParallelEvaluator(Evaluator, Protocol):
+    """An evaluator that can score several architectures at once (e.g. ``evaluator.workers``).
+
+    The search loop hands it a batch only when the strategy can propose the batch without any of
+    its scores (``BlackBoxStrategy.ask_batch``), so the scores are the same as one at a time.
+    """
+
+    workers: int  #: architectures scored concurrently at most (1: one at a time)
+
+    def evaluate_many(self, genotypes: Sequence[Genotype], ctx: SearchContext) -> Iterator[Evaluation]:
+        """Score ``genotypes`` concurrently; yield the evaluations in order, each once it is done."""
+        ...
+
+    def close(self) -> None:
+        """Release the workers (the search loop calls this when it ends, also on an error)."""
         ...

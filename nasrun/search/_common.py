@@ -38,6 +38,16 @@ def sample_unseen(space: SearchSpace, rng: random.Random, seen: set[Key]) -> lis
     return choices
 
 
+def sample_unseen_many(space: SearchSpace, rng: random.Random, seen: set[Key], n: int) -> list[list[int]]:
+    """``n`` calls of ``sample_unseen``, each also avoiding the ones before it (``seen`` is not
+    changed): the proposals of ``n`` ask/tell rounds of a uniform sampler, made before any tell."""
+    seen, out = set(seen), []
+    for _ in range(n):
+        out.append(sample_unseen(space, rng, seen))
+        seen.add(tuple(out[-1]))
+    return out
+
+
 def neighbours(space: SearchSpace, choices: Sequence[int]) -> list[list[int]]:
     """Every architecture that differs from ``choices`` in exactly one decision, in a fixed order."""
     out = []

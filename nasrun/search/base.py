@@ -5,6 +5,11 @@ Every strategy is built by Hydra with ``_partial_: true`` and then called as
 strategies (DARTS) implement ``run`` themselves. Black-box strategies subclass
 ``BlackBoxStrategy`` and implement ``ask``/``tell``/``state_dict``/``load_state_dict``; the shared
 loop here evaluates, records ``history.jsonl``, checkpoints after every evaluation and resumes.
+
+An evaluator that scores several architectures at once (``evaluator.workers > 1``) gets batches:
+a strategy may implement ``ask_batch`` to propose, before any of their scores is known, exactly
+the architectures that one ``ask``/``tell`` at a time would propose. The loop then checkpoints
+once per batch, so a resume re-asks an unfinished batch and the run stays the same.
 """
 
 from __future__ import annotations
@@ -13,12 +18,13 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nasrun import UserError
+from nasrun.evaluator.base import ParallelEvaluator
 from nasrun.report.console import get_console, progress_bar
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
@@ -26,7 +32,7 @@ from nasrun.train.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from nasrun.data.base import DataModule
-    from nasrun.evaluator.base import Evaluator
+    from nasrun.evaluator.base import Evaluation, Evaluator
     from nasrun.train.trainer import Trainer
 
 
@@ -124,6 +130,16 @@ class BlackBoxStrategy(ABC):
     def ask(self) -> Genotype:
         """Propose the next architecture to evaluate."""
 
+    def ask_batch(self, n: int) -> list[Genotype]:
+        """Propose up to ``n`` architectures to evaluate together (at least one).
+
+        They must be the ones that ``ask`` would propose one at a time, each told its score before
+        the next ``ask``, whatever the scores turn out to be; and telling them in order must leave
+        the same state. The default proposes one; strategies whose next proposals do not depend on
+        the pending scores (a random design, a planned round) override this.
+        """
+        return [self.ask()]
+
     @abstractmethod
     def tell(self, genotype: Genotype, score: float) -> None:
         """Report the score (validation accuracy, %) of an architecture from ``ask``."""
@@ -137,11 +153,13 @@ class BlackBoxStrategy(ABC):
         """Restore from ``state_dict``."""
 
     def run(self, ctx: SearchContext) -> SearchResult:
-        """Evaluate ``budget`` architectures, checkpointing after each one."""
+        """Evaluate ``budget`` architectures, checkpointing after each one (each batch)."""
         if ctx.evaluator is None:
             raise UserError(
                 "this search strategy needs an evaluator: set evaluator=train or evaluator=tabular"
             )
+        evaluator = ctx.evaluator
+        workers = evaluator.workers if isinstance(evaluator, ParallelEvaluator) else 1
         ckpt_path = ctx.checkpoint_dir / "search.pt"
         records: list[dict[str, Any]] = []
         if ctx.resume and ckpt_path.is_file():
@@ -153,30 +171,42 @@ class BlackBoxStrategy(ABC):
         # Wall time continues across a resume instead of restarting at zero.
         t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
         console = get_console()
-        with progress_bar("search", total=self.budget, completed=len(records)) as advance:
-            while len(log.records) < self.budget:
-                genotype = self.ask()
-                ev = ctx.evaluator.evaluate(genotype, ctx)
-                if not math.isfinite(ev.val_acc):
-                    raise UserError(
-                        f"evaluator returned a non-finite score ({ev.val_acc}) for {ctx.space.describe(genotype)}"
-                    )
-                self.tell(genotype, ev.val_acc)
-                record = {
-                    "step": len(log.records),
-                    "arch": ctx.space.describe(genotype),
-                    "genotype": genotype.to_dict(),
-                    "val_acc": ev.val_acc,
-                    "test_acc": ev.test_acc,
-                    "cost_s": ev.cost_s,
-                    "wall_s": time.perf_counter() - t0,
-                }
-                if best is None or ev.val_acc > best["val_acc"]:
-                    best = record
-                record["best_val_acc"] = best["val_acc"]
-                log.append(record)
-                save_checkpoint(ckpt_path, {"strategy": self.state_dict(), "history": log.records})
-                advance(1, f"best val {best['val_acc']:.2f}")
+        try:
+            with progress_bar("search", total=self.budget, completed=len(records)) as advance:
+                while len(log.records) < self.budget:
+                    n = min(workers, self.budget - len(log.records))
+                    genotypes = self.ask_batch(n) if n > 1 else [self.ask()]
+                    assert 1 <= len(genotypes) <= n, f"ask_batch({n}) proposed {len(genotypes)}"
+                    if isinstance(evaluator, ParallelEvaluator) and len(genotypes) > 1:
+                        evaluations: Iterator[Evaluation] = evaluator.evaluate_many(genotypes, ctx)
+                    else:
+                        evaluations = (evaluator.evaluate(g, ctx) for g in genotypes)
+                    for genotype, ev in zip(genotypes, evaluations, strict=True):
+                        if not math.isfinite(ev.val_acc):
+                            raise UserError(
+                                f"evaluator returned a non-finite score ({ev.val_acc}) for {ctx.space.describe(genotype)}"
+                            )
+                        self.tell(genotype, ev.val_acc)
+                        record = {
+                            "step": len(log.records),
+                            "arch": ctx.space.describe(genotype),
+                            "genotype": genotype.to_dict(),
+                            "val_acc": ev.val_acc,
+                            "test_acc": ev.test_acc,
+                            "cost_s": ev.cost_s,
+                            "wall_s": time.perf_counter() - t0,
+                        }
+                        if best is None or ev.val_acc > best["val_acc"]:
+                            best = record
+                        record["best_val_acc"] = best["val_acc"]
+                        log.append(record)
+                        advance(1, f"best val {best['val_acc']:.2f}")
+                    # Only now is the strategy's state that of its told architectures: a batch's
+                    # asks ran ahead of its tells, so a resume must start again from the batch.
+                    save_checkpoint(ckpt_path, {"strategy": self.state_dict(), "history": log.records})
+        finally:
+            if isinstance(evaluator, ParallelEvaluator):
+                evaluator.close()
         assert best is not None
         console.print(
             f"[bold]search[/] best val_acc {best['val_acc']:.2f} after {len(log.records)} evaluations"

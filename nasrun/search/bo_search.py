@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from nasrun import UserError
-from nasrun.search._common import Key, neighbours, sample_unseen, top_k
+from nasrun.search._common import Key, neighbours, sample_unseen, sample_unseen_many, top_k
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
@@ -79,6 +79,14 @@ class BayesianOptimization(BlackBoxStrategy):
             return self.space.decode(sample_unseen(self.space, self.rng, seen))
         scores = self._acquisition(pool)
         return self.space.decode(pool[int(torch.argmax(scores))])
+
+    def ask_batch(self, n: int) -> list[Genotype]:
+        # The initial design is uniform, so it needs no scores (each sample only avoids the ones
+        # before it); every later proposal maximises an acquisition fit to all scores, so comes alone.
+        m = min(n, self.n_init - len(self.observed))
+        if m <= 1:
+            return [self.ask()]
+        return [self.space.decode(c) for c in sample_unseen_many(self.space, self.rng, set(self.observed), m)]
 
     def tell(self, genotype: Genotype, score: float) -> None:
         self.observed[tuple(self.space.encode(genotype))] = float(score)

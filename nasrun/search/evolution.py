@@ -14,7 +14,14 @@ from collections import deque
 from typing import Any
 
 from nasrun import UserError
-from nasrun.search._common import MAX_TRIES, Key, keys_from_state, keys_to_state, sample_unseen
+from nasrun.search._common import (
+    MAX_TRIES,
+    Key,
+    keys_from_state,
+    keys_to_state,
+    sample_unseen,
+    sample_unseen_many,
+)
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace, mutate_genotype
 from nasrun.space.genotype import Genotype
@@ -58,6 +65,14 @@ class RegularizedEvolution(BlackBoxStrategy):
             if tuple(self.space.encode(child)) not in self.seen:
                 return child
         return self.space.decode(sample_unseen(self.space, self.rng, self.seen))
+
+    def ask_batch(self, n: int) -> list[Genotype]:
+        # The random initial population is proposed without scores (each member only avoids the
+        # ones before it); every later child descends from a scored tournament, so comes alone.
+        m = min(n, self.population_size - len(self.seen))
+        if m <= 1:
+            return [self.ask()]
+        return [self.space.decode(c) for c in sample_unseen_many(self.space, self.rng, self.seen, m)]
 
     def tell(self, genotype: Genotype, score: float) -> None:
         key = tuple(self.space.encode(genotype))

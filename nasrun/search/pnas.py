@@ -83,6 +83,15 @@ class PNAS(BlackBoxStrategy):
             self._plan()
         return self.space.decode(self.queue.pop(0))
 
+    def ask_batch(self, n: int) -> list[Genotype]:
+        # A planned round is fixed before any of its architectures is scored (its entries are
+        # distinct, so telling one never drops another from the queue); only the next plan needs
+        # the scores, so a batch never reaches past the end of the queue.
+        out = [self.ask()]  # plans the next round first if the queue is empty
+        while len(out) < n and any(q not in self.observed for q in self.queue):
+            out.append(self.ask())
+        return out
+
     def tell(self, genotype: Genotype, score: float) -> None:
         self.observed[tuple(self.space.encode(genotype))] = float(score)
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from nasrun.search._common import Key, keys_from_state, keys_to_state, sample_unseen
+from nasrun.search._common import (
+    Key,
+    keys_from_state,
+    keys_to_state,
+    sample_unseen,
+    sample_unseen_many,
+)
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
@@ -28,6 +34,11 @@ class RandomSearch(BlackBoxStrategy):
 
     def ask(self) -> Genotype:
         return self.space.decode(sample_unseen(self.space, self.rng, self.seen))
+
+    def ask_batch(self, n: int) -> list[Genotype]:
+        # Scores never matter here; each proposal only has to avoid the ones before it, which
+        # one ask/tell at a time would have told already.
+        return [self.space.decode(c) for c in sample_unseen_many(self.space, self.rng, self.seen, n)]
 
     def tell(self, genotype: Genotype, score: float) -> None:
         self.seen.add(tuple(self.space.encode(genotype)))

@@ -136,6 +136,22 @@ class Reinforce(BlackBoxStrategy):
         # The policy has collapsed onto evaluated architectures: spend the query on a new one.
         return self.space.decode(sample_unseen(self.space, self.rng, set(self.scores)))
 
+    def ask_batch(self, n: int) -> list[Genotype]:
+        # The policy changes only once ``batch`` rewards are queued, so the samples until then
+        # come from the same controller. A repeat (of a told or a pending architecture) is
+        # rewarded at once in ``ask``, so it ends the batch: its draw is undone and left to ``ask``.
+        out: list[Key] = []
+        for _ in range(min(n, self.batch - len(self.buffer))):
+            before = self.generator.get_state()
+            with torch.no_grad():
+                choices, _, _ = self.controller(generator=self.generator)
+            key = tuple(int(c) for c in choices[0])
+            if key in self.scores or key in out:
+                self.generator.set_state(before)
+                break
+            out.append(key)
+        return [self.space.decode(k) for k in out] if out else [self.ask()]
+
     def tell(self, genotype: Genotype, score: float) -> None:
         key = tuple(self.space.encode(genotype))
         self.scores[key] = float(score)

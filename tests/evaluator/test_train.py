@@ -53,3 +53,35 @@ def test_bad_setups_name_the_setting(tmp_path: Path) -> None:
         TrainEvaluator(epochs=1, network={"layers": 3}).evaluate(g, _ctx(tmp_path))
     with pytest.raises(UserError, match="evaluator.epochs"):
         TrainEvaluator(epochs=0)
+
+
+def test_workers_train_children_in_processes_with_the_same_scores(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    genotypes = [ctx.space.decode(c) for c in ([3, 1, 2, 4, 0, 3], [1, 1, 1, 1, 1, 1], [2, 3, 4, 1, 0, 2])]
+    here = TrainEvaluator(epochs=1)
+    pooled = TrainEvaluator(epochs=1, workers=2)
+    try:
+        # The first comes from the cache; the other two train in two worker processes.
+        cached = pooled.evaluate(genotypes[0], ctx)
+        evaluations = list(pooled.evaluate_many(genotypes, ctx))
+    finally:
+        pooled.close()
+    assert evaluations[0] is cached
+    for g, ev in zip(genotypes, evaluations, strict=True):
+        ref = here.evaluate(g, ctx)
+        assert (ev.val_acc, ev.test_acc, ev.extra) == (ref.val_acc, ref.test_acc, ref.extra)
+    assert list(pooled.evaluate_many(genotypes, ctx)) == evaluations  # all cached now...
+    assert pooled._pool is None  # ...so no worker was started
+
+
+def test_a_workers_user_error_surfaces_unchanged(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path)
+    genotypes = [ctx.space.decode([c] * 6) for c in (1, 2)]
+    evaluator = TrainEvaluator(epochs=1, network={"layers": 3}, workers=2)
+    try:
+        with pytest.raises(UserError, match=r"^evaluator\.network: .*layers"):
+            list(evaluator.evaluate_many(genotypes, ctx))
+    finally:
+        evaluator.close()
+    with pytest.raises(UserError, match="evaluator.workers"):
+        TrainEvaluator(workers=0)

@@ -10,13 +10,14 @@ import csv
 import functools
 import random
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
 from nasrun import UserError
+from nasrun.evaluator.base import Evaluation
 from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.search.base import BlackBoxStrategy, SearchContext, SearchResult
 from nasrun.search.bo_search import BayesianOptimization
@@ -25,6 +26,7 @@ from nasrun.search.pnas import PNAS
 from nasrun.search.random_search import RandomSearch
 from nasrun.search.reinforce import Reinforce
 from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.space.genotype import Genotype
 from nasrun.space.nb201 import NB201Space
 from tests.conftest import SHARED_DATA
 
@@ -152,3 +154,87 @@ def test_strategies_search_the_cifar_cell_space_too(name: str) -> None:
 def test_budget_must_be_positive(name: str) -> None:
     with pytest.raises(UserError, match="budget must be > 0"):
         STRATEGIES[name](space=NB201Space(), seed=0, budget=0)
+
+
+def ask_tell_batched(strategy: BlackBoxStrategy, steps: int, n: int) -> list[str]:
+    """``ask_tell`` through ``ask_batch(n)``: a batch is asked in full before any of it is told."""
+    space, table, asked = strategy.space, _table(), []
+    while len(asked) < steps:
+        batch = strategy.ask_batch(min(n, steps - len(asked)))
+        assert 1 <= len(batch) <= min(n, steps - len(asked))
+        asked += [space.describe(g) for g in batch]
+        for g in batch:
+            strategy.tell(g, table[space.describe(g)])
+    return asked
+
+
+BATCHED = {
+    **STRATEGIES,
+    # A policy that collapses at once: nearly every sample repeats, the path where a batch must
+    # stop and leave the repeat to ``ask``.
+    "reinforce_collapsing": functools.partial(Reinforce, lr=0.5, entropy_weight=0.0),
+}
+
+
+@pytest.mark.parametrize("n", [2, 4])
+@pytest.mark.parametrize("name", list(BATCHED))
+def test_batched_asks_propose_what_one_at_a_time_proposes(name: str, n: int) -> None:
+    steps = 15 if name == "reinforce_collapsing" else 30
+    one = BATCHED[name](space=NB201Space(), seed=2, budget=40)
+    batched = BATCHED[name](space=NB201Space(), seed=2, budget=40)
+    assert ask_tell_batched(batched, steps, n) == ask_tell(one, steps)
+    assert ask_tell(batched, 5) == ask_tell(one, 5)  # and the states are the same
+
+
+class _BatchingTable(TabularEvaluator):
+    """Table lookups handed over in batches, as a ``workers``-process evaluator receives them;
+    optionally failing at the ``fail_at``-th lookup (a crash in the middle of a batch)."""
+
+    def __init__(self, table: str, workers: int, fail_at: int = 0) -> None:
+        super().__init__(table)
+        self.workers = workers
+        self.fail_at = fail_at
+        self.batches: list[int] = []
+        self.lookups = 0
+        self.closed = False
+
+    def evaluate(self, genotype: Genotype, ctx: SearchContext) -> Evaluation:
+        self.lookups += 1
+        if self.lookups == self.fail_at:
+            raise RuntimeError("crash")
+        return super().evaluate(genotype, ctx)
+
+    def evaluate_many(self, genotypes: Sequence[Genotype], ctx: SearchContext) -> Iterator[Evaluation]:
+        self.batches.append(len(genotypes))
+        return (self.evaluate(g, ctx) for g in genotypes)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_batched_run_equals_one_at_a_time_and_resumes_mid_batch(name: str, tmp_path: Path) -> None:
+    full = search(STRATEGIES[name], tmp_path / "full", seed=1, budget=24)
+
+    def batched(run_dir: Path, fail_at: int = 0, resume: bool = False) -> SearchResult:
+        space = NB201Space()
+        evaluator = _BatchingTable(str(TABLE), workers=3, fail_at=fail_at)
+        ctx = SearchContext(space=space, run_dir=run_dir, seed=1, resume=resume, evaluator=evaluator)
+        try:
+            return STRATEGIES[name](space=space, seed=1, budget=24).run(ctx)
+        finally:
+            assert evaluator.closed  # the loop releases the workers, also after an error
+            assert all(1 < b <= 3 for b in evaluator.batches)
+
+    same = batched(tmp_path / "same")
+    assert [(r["arch"], r["val_acc"]) for r in same.history] == [
+        (r["arch"], r["val_acc"]) for r in full.history
+    ]
+    assert same.genotype == full.genotype
+    # Crash at the 15th lookup: in a batch when the strategy batches there; the resumed run
+    # starts again from the last whole batch and ends where the uninterrupted run ends.
+    with pytest.raises(RuntimeError, match="crash"):
+        batched(tmp_path / "cut", fail_at=15)
+    resumed = batched(tmp_path / "cut", resume=True)
+    assert [r["arch"] for r in resumed.history] == [r["arch"] for r in full.history]
+    assert len((tmp_path / "cut" / "history.jsonl").read_text().splitlines()) == 24

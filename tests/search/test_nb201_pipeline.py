@@ -52,21 +52,23 @@ def test_bad_table_is_one_line_without_traceback(cli, tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+# A tiny NB201 network proxy-trained for one epoch on the 8x8 digits: seconds per child.
+TINY_TRAIN = [
+    "space=nb201",
+    "space.channels=4",
+    "space.cells=1",
+    "data=digits",
+    "data.image_size=8",
+    "evaluator=train",
+    "evaluator.epochs=1",
+    "trainer.batch_size=64",
+    "retrain.enabled=false",
+]
+
+
 def test_train_evaluator_runs_a_tiny_search_on_digits(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg(
-        "search=evolution",
-        "search.budget=3",
-        "search.population=2",
-        "search.sample=2",
-        "space=nb201",
-        "space.channels=4",
-        "space.cells=1",
-        "data=digits",
-        "data.image_size=8",
-        "evaluator=train",
-        "evaluator.epochs=1",
-        "trainer.batch_size=64",
-        "retrain.enabled=false",
+        "search=evolution", "search.budget=3", "search.population=2", "search.sample=2", *TINY_TRAIN
     )
     run(cfg, tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
@@ -75,3 +77,21 @@ def test_train_evaluator_runs_a_tiny_search_on_digits(compose_cfg, tmp_path: Pat
     assert 0 <= result["val_acc"] <= 100 and 0 <= result["test_acc"] <= 100
     assert result["val_acc"] == max(h["val_acc"] for h in history)
     from_string(result["genotype"])
+
+
+def test_train_evaluator_workers_give_the_same_search(compose_cfg, tmp_path: Path) -> None:
+    """evaluator.workers=2 trains random search's children two at a time, with the same results."""
+    tiny = ["search=random_search", "search.budget=4", *TINY_TRAIN]
+    results, histories = [], []
+    for workers in (1, 2):
+        run_dir = tmp_path / f"workers{workers}"
+        run(compose_cfg(*tiny, f"evaluator.workers={workers}"), run_dir)
+        results.append(json.loads((run_dir / "result.json").read_text()))
+        lines = (run_dir / "history.jsonl").read_text().splitlines()
+        histories.append(
+            [{k: v for k, v in json.loads(line).items() if k not in ("cost_s", "wall_s")} for line in lines]
+        )
+    assert len(histories[0]) == 4 and histories[1] == histories[0]
+    assert {k: v for k, v in results[1].items() if k != "wall_s"} == {
+        k: v for k, v in results[0].items() if k != "wall_s"
+    }

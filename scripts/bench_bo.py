@@ -28,6 +28,9 @@ from torch.quasirandom import SobolEngine
 
 from nasrun.bo import BayesOpt, BOSettings, Direction, Real, SearchSpace
 
+# BOSettings overrides from --set (e.g. thompson_fraction=0.5), for ablations.
+NASRUN_SETTINGS: dict[str, int | float] = {}
+
 FUNCTIONS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "branin": Branin,
     "hartmann6": lambda: Hartmann(dim=6),
@@ -43,7 +46,8 @@ def run_nasrun(f: SyntheticTestFunction, seed: int, budget: int, q: int) -> tupl
     """Values in evaluation order, and seconds per proposed point of each model-based ask."""
     lo, hi = f.bounds.tolist()
     space = SearchSpace([Real(f"x{i}", lo[i], hi[i]) for i in range(f.dim)])
-    bo = BayesOpt(space, BOSettings(direction=Direction.minimize, seed=seed))
+    settings = BOSettings(direction=Direction.minimize, seed=seed, **NASRUN_SETTINGS)
+    bo = BayesOpt(space, settings, budget=budget)
     values, seconds = [], []
     while len(values) < budget:
         n = min(q, budget - len(values))
@@ -148,7 +152,19 @@ def main() -> None:
         help="results, appended; runs already there are skipped",
     )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: fair and fastest for small GPs)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a numeric BOSettings field for nasrun's runs, e.g. thompson_fraction=0 (ablations; use another --out)",
+    )
     args = p.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in BOSettings.__dataclass_fields__:
+            raise SystemExit(f"--set {item}: BOSettings has no field {key!r}")
+        NASRUN_SETTINGS[key] = int(value) if value.lstrip("-").isdigit() else float(value)
     torch.set_num_threads(args.threads)
     console = Console()
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []

@@ -20,7 +20,9 @@ from botorch.acquisition import (
     qProbabilityOfImprovement,
     qUpperConfidenceBound,
 )
+from botorch.acquisition.thompson_sampling import PathwiseThompsonSampling
 from botorch.fit import fit_gpytorch_mll
+from botorch.generation.sampling import MaxPosteriorSampling
 from botorch.models import MixedSingleTaskGP, SingleTaskGP
 from botorch.models.model import Model
 from botorch.models.transforms import Normalize, Standardize
@@ -229,25 +231,44 @@ def build_acquisition(
     return cls(model, best_f=best_f, sampler=sampler)
 
 
-def _initial_conditions(
-    acqf: AcquisitionFunction, X: Tensor, Y: Tensor, d: int, settings: BOSettings, generator: torch.Generator
+def unit_to_space(u: Tensor, space: SearchSpace) -> Tensor:
+    """Points of the unit cube as encoded points; categorical columns are stretched over their index range."""
+    upper = torch.tensor(space.upper(), dtype=DTYPE)
+    return u.to(DTYPE) * torch.where(upper > 1, upper + 1, upper)
+
+
+def _raw_points(
+    X: Tensor, Y: Tensor, space: SearchSpace, settings: BOSettings, generator: torch.Generator
 ) -> Tensor:
-    """``num_restarts x 1 x d`` starts: Boltzmann-picked from Sobol points and steps around the best."""
+    """``raw_samples`` scrambled Sobol points and as many Gaussian steps around the best observations."""
     from torch.quasirandom import SobolEngine
 
-    sobol = (
-        SobolEngine(d, scramble=True, seed=int(torch.randint(2**31 - 1, (1,), generator=generator)))
-        .draw(settings.raw_samples)
-        .to(DTYPE)
-    )
+    d = space.dim
+    upper = torch.tensor(space.upper(), dtype=DTYPE)
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    sobol = unit_to_space(SobolEngine(d, scramble=True, seed=seed).draw(settings.raw_samples), space)
     top = X[Y.squeeze(-1).argsort(descending=True)[:LOCAL_TOP_K]]
     n_local = max(settings.raw_samples // 2 // max(len(top) * len(LOCAL_SCALES), 1), 1)
     local = [
-        (x + s * torch.randn(n_local, d, generator=generator, dtype=DTYPE)).clamp(0.0, 1.0)
+        torch.minimum(
+            (x + s * upper * torch.randn(n_local, d, generator=generator, dtype=DTYPE)).clamp(min=0.0), upper
+        )
         for x in top
         for s in LOCAL_SCALES
     ]
-    raw = torch.cat([sobol, *local]).unsqueeze(-2)
+    return torch.cat([sobol, *local])
+
+
+def _initial_conditions(
+    acqf: AcquisitionFunction,
+    X: Tensor,
+    Y: Tensor,
+    space: SearchSpace,
+    settings: BOSettings,
+    generator: torch.Generator,
+) -> Tensor:
+    """``num_restarts x 1 x d`` starts: Boltzmann-picked from Sobol points and steps around the best."""
+    raw = _raw_points(X, Y, space, settings, generator).unsqueeze(-2)
     with torch.no_grad():
         values = torch.cat([acqf(chunk) for chunk in raw.split(256)])
     starts, _ = initialize_q_batch(raw, values, n=min(settings.num_restarts, len(raw)))
@@ -303,9 +324,48 @@ def optimize(
                     raw_samples=settings.raw_samples,
                 )
             else:
-                starts = _initial_conditions(acqf, X, Y, d, settings, generator)
+                starts = _initial_conditions(acqf, X, Y, space, settings, generator)
                 cand, _ = optimize_acqf(
                     acqf, bounds=bounds, q=1, num_restarts=len(starts), batch_initial_conditions=starts
                 )
         chosen.append(torch.tensor([space.snap(cand[0].tolist())], dtype=DTYPE))
     return torch.cat(chosen)
+
+
+def thompson(
+    model: Model,
+    X: Tensor,
+    Y: Tensor,
+    space: SearchSpace,
+    settings: BOSettings,
+    q: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """``q`` Thompson samples: each the maximiser of its own draw from the GP posterior.
+
+    Continuous and integer spaces draw whole functions (BoTorch's pathwise sampler: random Fourier
+    features of the prior, updated by Matheron's rule) and maximise each with ``optimize``. The
+    pathwise sampler has no features for the categorical kernel, so mixed spaces draw jointly over a
+    candidate set instead (Sobol points and steps around the best points, as for the acquisition's
+    starts) and take the best candidate of each draw. Independent draws keep a batch diverse without
+    pending points (Kandasamy et al. 2018).
+
+    Returns:
+        ``q x d`` encoded points, snapped onto the space.
+    """
+    if space.cat_dims:
+        candidates = _candidates(X, Y, space, settings, generator)
+        picked = MaxPosteriorSampling(model, replacement=False)(candidates, num_samples=q)
+        return torch.tensor([space.snap(x) for x in picked.tolist()], dtype=DTYPE)
+    points = []
+    for _ in range(q):
+        points.append(optimize(PathwiseThompsonSampling(model), X, Y, space, settings, 1, None, generator))
+    return torch.cat(points)
+
+
+def _candidates(
+    X: Tensor, Y: Tensor, space: SearchSpace, settings: BOSettings, generator: torch.Generator
+) -> Tensor:
+    """Distinct snapped points of ``_raw_points``."""
+    raw = _raw_points(X, Y, space, settings, generator)
+    return torch.tensor([space.snap(x) for x in raw.tolist()], dtype=DTYPE).unique(dim=0)

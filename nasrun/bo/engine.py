@@ -9,8 +9,9 @@
 
 State lives in the ``TrialStore`` (SQLite file or memory): a new ``BayesOpt`` on an existing store
 carries on where the old one stopped. The first ``n_initial`` trials are scrambled Sobol points;
-after that every ``ask`` fits a GP to the completed trials and maximises the acquisition, with the
-trials still running passed as pending points. Failed trials enter the model at the worst value
+after that every ``ask`` fits a GP to the completed trials. Given a budget, the trials up to
+``thompson_fraction`` of it are Thompson samples (each the maximiser of a fresh posterior draw);
+the rest maximise the acquisition, with the trials still running passed as pending points. Failed trials enter the model at the worst value
 observed so far, so the model steers away from them instead of proposing them again.
 """
 
@@ -42,15 +43,22 @@ class BayesOpt:
         space: What to search.
         settings: Model, acquisition and budget settings.
         store: Where trials live; a fresh in-memory store by default.
+        budget: Total trials planned (the sweeper's ``n_trials``); sets the length of the
+            Thompson-sampling phase. ``None``: no such phase, the acquisition throughout.
 
     Raises:
         UserError: If ``store`` holds trials of a different search space or direction.
     """
 
     def __init__(
-        self, space: SearchSpace, settings: BOSettings | None = None, store: TrialStore | None = None
+        self,
+        space: SearchSpace,
+        settings: BOSettings | None = None,
+        store: TrialStore | None = None,
+        budget: int | None = None,
     ) -> None:
         self.space = space
+        self.budget = budget
         self.settings = settings or BOSettings()
         self.store = store or TrialStore()
         self._check_store()
@@ -58,6 +66,8 @@ class BayesOpt:
         self._hyper: dict[str, torch.Tensor] | None = None  # last fit's hyperparameters (warm start)
         if self.n_initial < 1:
             raise UserError(f"n_initial must be at least 1, got {self.settings.n_initial}")
+        if not 0.0 <= self.settings.thompson_fraction <= 1.0:
+            raise UserError(f"thompson_fraction must be in [0, 1], got {self.settings.thompson_fraction}")
 
     def _check_store(self) -> None:
         for key, mine in (
@@ -144,9 +154,7 @@ class BayesOpt:
         engine.fast_forward(drawn)
         points = engine.draw(n, dtype=torch.float64)
         self.store.set_meta("sobol_drawn", str(drawn + n))
-        # Sobol covers [0, 1); stretch categorical columns over their index range.
-        upper = torch.tensor(self.space.upper(), dtype=torch.float64)
-        return points * torch.where(upper > 1, upper + 1, upper)
+        return _botorch.unit_to_space(points, self.space)
 
     def _propose(self, trials: list[Trial], extra_pending: list[list[float]], q: int) -> list[list[float]]:
         """``q`` points from the model: fit, build the acquisition, optimise with pending points."""
@@ -173,12 +181,18 @@ class BayesOpt:
             try:
                 model = _botorch.fit_model(X, Y, self.space, self.settings, self._hyper)
                 self._hyper = _botorch.hyperparameters(model)
+                if self._thompson_phase(len(trials) + len(extra_pending)):
+                    return _botorch.thompson(model, X, Y, self.space, self.settings, q, generator).tolist()
                 acqf = _botorch.build_acquisition(model, X, Y, self.settings, self.space.dim)
                 return _botorch.optimize(
                     acqf, X, Y, self.space, self.settings, q, X_pending, generator
                 ).tolist()
             finally:
                 torch.set_num_threads(threads)
+
+    def _thompson_phase(self, n_proposed: int) -> bool:
+        """Whether the next proposal, after ``n_proposed`` trials, is a Thompson sample."""
+        return self.budget is not None and n_proposed < self.settings.thompson_fraction * self.budget
 
     @staticmethod
     def _key(x: list[float]) -> tuple[float, ...]:

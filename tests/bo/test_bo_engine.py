@@ -179,6 +179,71 @@ def test_fully_bayesian_saas_model() -> None:
         nuts_samples=32,
         **FAST,
     )
-    bo = BayesOpt(space, settings)
-    run(bo, lambda x0, x1, x2: (x0 - 0.5) ** 2 + (x1 - 0.2) ** 2, 7)
-    assert len(bo.trials()) == 7 and all(t.state is TrialState.COMPLETED for t in bo.trials())
+    # budget=10: trials 5 and 6 are Thompson samples of the ensemble, 7-9 maximise the acquisition.
+    bo = BayesOpt(space, settings, budget=10)
+    run(bo, lambda x0, x1, x2: (x0 - 0.5) ** 2 + (x1 - 0.2) ** 2, 9)
+    assert len(bo.trials()) == 9 and all(t.state is TrialState.COMPLETED for t in bo.trials())
+
+
+def _spy_phases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records, per model-based ask, whether it drew Thompson samples or maximised the acquisition."""
+    from nasrun.bo import _botorch
+
+    calls: list[str] = []
+    thompson, build = _botorch.thompson, _botorch.build_acquisition
+
+    def spy_thompson(*args, **kwargs):
+        calls.append("thompson")
+        return thompson(*args, **kwargs)
+
+    def spy_build(*args, **kwargs):
+        calls.append("acquisition")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(_botorch, "thompson", spy_thompson)
+    monkeypatch.setattr(_botorch, "build_acquisition", spy_build)
+    return calls
+
+
+def test_thompson_phase_covers_the_given_share_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _spy_phases(monkeypatch)
+    settings = BOSettings(direction=Direction.minimize, n_initial=4, thompson_fraction=0.6, **FAST)
+    bo = BayesOpt(branin_space(), settings, budget=10)
+    run(bo, branin, 10)
+    # Trials 0-3 Sobol; 4 and 5 Thompson (index < 0.6 * 10); 6-9 the acquisition.
+    assert calls == ["thompson"] * 2 + ["acquisition"] * 4
+    assert len({tuple(t.x) for t in bo.trials()}) == 10
+
+
+def test_without_a_budget_or_with_fraction_zero_there_is_no_thompson_phase(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = _spy_phases(monkeypatch)
+    run(BayesOpt(branin_space(), BOSettings(n_initial=4, **FAST)), branin, 6)
+    run(BayesOpt(branin_space(), BOSettings(n_initial=4, thompson_fraction=0.0, **FAST), budget=6), branin, 6)
+    assert calls == ["acquisition"] * 4
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["x=interval(-5, 10)", "y=interval(0, 15)"],
+        ["x=interval(-5, 10)", "y=int(interval(0, 15))", "c=choice(a, b, c)"],
+    ],
+    ids=["continuous", "mixed"],
+)
+def test_thompson_batches_are_distinct_points_of_the_space(overrides: list[str]) -> None:
+    space = parse_overrides(overrides)[0]
+    bo = BayesOpt(space, BOSettings(n_initial=5, seed=2, **FAST), budget=20)
+    run(bo, lambda **p: -((p["x"] - 2) ** 2) - (p["y"] - 3) ** 2, 5)
+    batch = bo.ask(4)
+    assert len({tuple(t.x) for t in batch}) == 4
+    for t in batch:
+        assert -5 <= t.params["x"] <= 10 and 0 <= t.params["y"] <= 15
+        if "c" in t.params:
+            assert t.params["c"] in ("a", "b", "c") and isinstance(t.params["y"], int)
+
+
+def test_thompson_fraction_outside_0_1_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="thompson_fraction must be in \\[0, 1\\], got 1.5"):
+        BayesOpt(branin_space(), BOSettings(thompson_fraction=1.5), budget=10)

@@ -42,6 +42,22 @@ def _given_genotype(cfg: DictConfig) -> Genotype | None:
     return None
 
 
+def named_genotype(name: str) -> Genotype:
+    """The genotype ``conf/genotype/NAME.yaml``, composed and checked as ``genotype=NAME`` would be."""
+    from hydra import compose, initialize_config_dir
+
+    from nasrun.cli import config_dir  # also registers the schemas
+
+    known = sorted(f.stem for f in (config_dir() / "genotype").glob("*.yaml"))
+    if name not in known:
+        raise UserError(f"genotype={name}: no such file in conf/genotype/ (options: {', '.join(known)})")
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose(config_name="config", overrides=[f"genotype={name}"])
+    genotype = _given_genotype(cfg)
+    assert genotype is not None
+    return genotype
+
+
 def _check_fresh_run_dir(run_dir: Path, resume: bool) -> None:
     ckpts = run_dir / "checkpoints"
     if not resume and ckpts.is_dir() and any(ckpts.iterdir()):

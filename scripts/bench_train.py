@@ -21,26 +21,14 @@ import sys
 import time
 
 import torch
-from omegaconf import OmegaConf
 
-from nasrun.cli import config_dir
+from nasrun import UserError
 from nasrun.data.synthetic import synthetic
+from nasrun.pipeline import named_genotype
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.space.genotype import Genotype
 from nasrun.train.trainer import Trainer
 
 CIFAR_TRAIN_IMAGES = 50_000
-
-
-def load_genotype(name: str) -> Genotype:
-    path = config_dir() / "genotype" / f"{name}.yaml"
-    if not path.is_file():
-        raise SystemExit(f"--genotype {name}: no file {path}")
-    data = OmegaConf.to_container(OmegaConf.load(path))
-    assert isinstance(data, dict)
-    for key in ("defaults", "name", "space"):
-        data.pop(key, None)
-    return Genotype.from_dict(data, where=str(path))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,9 +56,11 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile
     )
     space = CifarCellSpace(layers=args.layers, channels=args.channels)
-    module = space.build_network(
-        load_genotype(args.genotype), num_classes=10, in_channels=3, auxiliary=not args.no_auxiliary
-    )
+    try:
+        genotype = named_genotype(args.genotype)
+    except UserError as e:
+        raise SystemExit(f"bench_train: {e}") from None
+    module = space.build_network(genotype, num_classes=10, in_channels=3, auxiliary=not args.no_auxiliary)
     module.drop_path_prob = 0.2  # type: ignore[assignment]  # DARTS retraining's value
     model = trainer.prepare(module)
     model.train()

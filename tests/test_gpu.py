@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from nasrun.data.digits import digits
+from nasrun.pipeline import named_genotype
 from nasrun.search.darts import DartsSearch
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.space.genotype import Genotype
 from nasrun.train.trainer import Trainer
 
 pytestmark = [
@@ -87,13 +87,7 @@ def test_darts_step_with_bf16_and_channels_last_learns(order: int) -> None:
     ids=["bf16-channels_last", "bf16-channels_last-compile"],
 )
 def test_retraining_a_genotype_on_cuda_learns_digits(options: dict[str, object], tmp_path: Path) -> None:
-    from omegaconf import OmegaConf
-
-    from nasrun.cli import config_dir
-
-    raw = OmegaConf.to_container(OmegaConf.load(config_dir() / "genotype" / "darts_v2.yaml"))
-    assert isinstance(raw, dict)
-    genotype = Genotype.from_dict({k: v for k, v in raw.items() if k not in ("defaults", "name", "space")})
+    genotype = named_genotype("darts_v2")
     torch.manual_seed(0)
     net = CifarCellSpace(layers=5, channels=8).build_network(
         genotype, num_classes=10, in_channels=1, auxiliary=True

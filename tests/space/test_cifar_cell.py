@@ -4,18 +4,15 @@ import pytest
 import torch
 
 from nasrun import UserError
-from nasrun.pipeline import _given_genotype
+from nasrun.pipeline import named_genotype
 from nasrun.report.results import count_params
 from nasrun.space.cifar_cell import CifarCellSpace
 
 
 @pytest.mark.parametrize("auxiliary, expected", [(False, 3_349_342), (True, 3_825_768)])
-def test_darts_v2_at_paper_size_has_the_reference_parameter_count(
-    compose_cfg, auxiliary: bool, expected: int
-) -> None:
+def test_darts_v2_at_paper_size_has_the_reference_parameter_count(auxiliary: bool, expected: int) -> None:
     """The count the DARTS reference code reports: the check that cells are wired as in the paper."""
-    genotype = _given_genotype(compose_cfg("task=retrain", "genotype=darts_v2"))
-    assert genotype is not None
+    genotype = named_genotype("darts_v2")
     net = CifarCellSpace().build_network(
         genotype, num_classes=10, in_channels=3, channels=36, layers=20, auxiliary=auxiliary
     )
@@ -23,9 +20,8 @@ def test_darts_v2_at_paper_size_has_the_reference_parameter_count(
     assert count_params(net) == 3_349_342  # reported size excludes the auxiliary head
 
 
-def test_network_forward_with_auxiliary_head_and_drop_path(compose_cfg) -> None:
-    genotype = _given_genotype(compose_cfg("task=retrain", "genotype=darts_v1"))
-    assert genotype is not None
+def test_network_forward_with_auxiliary_head_and_drop_path() -> None:
+    genotype = named_genotype("darts_v1")
     net = CifarCellSpace().build_network(
         genotype, num_classes=10, in_channels=1, channels=8, layers=5, auxiliary=True
     )
@@ -48,3 +44,10 @@ def test_supernet_forward_and_alpha_shapes() -> None:
     names = {n for n, _ in net.named_parameters()}
     assert {"alphas_normal", "alphas_reduce"} <= names
     assert len(net.weight_parameters()) == len(names) - 2
+
+
+def test_unknown_genotype_name_is_one_line_listing_the_options() -> None:
+    with pytest.raises(
+        UserError, match=r"genotype=nope: no such file in conf/genotype/ \(options: darts_v1, darts_v2\)"
+    ):
+        named_genotype("nope")

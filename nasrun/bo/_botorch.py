@@ -339,6 +339,7 @@ def thompson(
     space: SearchSpace,
     settings: BOSettings,
     q: int,
+    X_pending: Tensor | None,
     generator: torch.Generator,
 ) -> Tensor:
     """``q`` Thompson samples: each the maximiser of its own draw from the GP posterior.
@@ -347,20 +348,36 @@ def thompson(
     features of the prior, updated by Matheron's rule) and maximise each with ``optimize``. The
     pathwise sampler has no features for the categorical kernel, so mixed spaces draw jointly over a
     candidate set instead (Sobol points and steps around the best points, as for the acquisition's
-    starts) and take the best candidate of each draw. Independent draws keep a batch diverse without
-    pending points (Kandasamy et al. 2018).
+    starts) and take the best candidate of each draw.
+
+    Pending points (running trials, and the points already chosen for this batch) enter as
+    "kriging believer" fantasies: each draw comes from the posterior conditioned on the model's own
+    mean at those points. Their uncertainty is gone, so no draw is maximised where an evaluation is
+    already under way; independent draws from one posterior would pile a batch into the current
+    best basin.
 
     Returns:
         ``q x d`` encoded points, snapped onto the space.
     """
-    if space.cat_dims:
-        candidates = _candidates(X, Y, space, settings, generator)
-        picked = MaxPosteriorSampling(model, replacement=False)(candidates, num_samples=q)
-        return torch.tensor([space.snap(x) for x in picked.tolist()], dtype=DTYPE)
-    points = []
+    candidates = _candidates(X, Y, space, settings, generator) if space.cat_dims else None
+    chosen: list[Tensor] = []
     for _ in range(q):
-        points.append(optimize(PathwiseThompsonSampling(model), X, Y, space, settings, 1, None, generator))
-    return torch.cat(points)
+        pending = [t for t in [X_pending, *chosen] if t is not None]
+        believer = _believer(model, torch.cat(pending)) if pending else model
+        if candidates is not None:
+            picked = MaxPosteriorSampling(believer, replacement=False)(candidates, num_samples=1)
+            chosen.append(torch.tensor([space.snap(picked[0].tolist())], dtype=DTYPE))
+        else:
+            ts = PathwiseThompsonSampling(believer)
+            chosen.append(optimize(ts, X, Y, space, settings, 1, None, generator))
+    return torch.cat(chosen)
+
+
+def _believer(model: Model, X_pending: Tensor) -> Model:
+    """``model`` conditioned on its posterior mean at ``X_pending`` (hyperparameters unchanged)."""
+    with torch.no_grad():
+        mean = model.posterior(X_pending).mean  # type: ignore[attr-defined]
+    return model.condition_on_observations(X=X_pending, Y=mean)
 
 
 def _candidates(

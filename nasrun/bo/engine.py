@@ -182,7 +182,9 @@ class BayesOpt:
                 model = _botorch.fit_model(X, Y, self.space, self.settings, self._hyper)
                 self._hyper = _botorch.hyperparameters(model)
                 if self._thompson_phase(len(trials) + len(extra_pending)):
-                    return _botorch.thompson(model, X, Y, self.space, self.settings, q, generator).tolist()
+                    return _botorch.thompson(
+                        model, X, Y, self.space, self.settings, q, X_pending, generator
+                    ).tolist()
                 acqf = _botorch.build_acquisition(model, X, Y, self.settings, self.space.dim)
                 return _botorch.optimize(
                     acqf, X, Y, self.space, self.settings, q, X_pending, generator

@@ -179,9 +179,19 @@ def test_fully_bayesian_saas_model() -> None:
         nuts_samples=32,
         **FAST,
     )
-    # budget=10: trials 5 and 6 are Thompson samples of the ensemble, 7-9 maximise the acquisition.
+    # budget=10: trials 5 and 6 are a Thompson batch of the ensemble (the second drawn with the
+    # first pending), 7-9 maximise the acquisition.
     bo = BayesOpt(space, settings, budget=10)
-    run(bo, lambda x0, x1, x2: (x0 - 0.5) ** 2 + (x1 - 0.2) ** 2, 9)
+
+    def f(x0: float, x1: float, x2: float) -> float:
+        return (x0 - 0.5) ** 2 + (x1 - 0.2) ** 2
+
+    run(bo, f, 5)
+    batch = bo.ask(2)
+    assert len({tuple(t.x) for t in batch}) == 2
+    for t in batch:
+        bo.tell(t.id, f(**t.params))
+    run(bo, f, 2)
     assert len(bo.trials()) == 9 and all(t.state is TrialState.COMPLETED for t in bo.trials())
 
 
@@ -247,3 +257,40 @@ def test_thompson_batches_are_distinct_points_of_the_space(overrides: list[str])
 def test_thompson_fraction_outside_0_1_is_a_user_error() -> None:
     with pytest.raises(UserError, match="thompson_fraction must be in \\[0, 1\\], got 1.5"):
         BayesOpt(branin_space(), BOSettings(thompson_fraction=1.5), budget=10)
+
+
+def test_believer_removes_the_uncertainty_at_pending_points_and_keeps_the_mean() -> None:
+    from nasrun.bo import _botorch
+
+    space = branin_space()
+    u = SobolEngine(2, scramble=True, seed=0).draw(12, dtype=torch.float64)
+    X = _botorch.unit_to_space(u, space)
+    lo, hi = torch.tensor([-5.0, 0.0]), torch.tensor([10.0, 15.0])
+    Y = torch.tensor([[-branin(*(lo + x * (hi - lo)).tolist())] for x in u], dtype=torch.float64)
+    model = _botorch.fit_model(X, Y, space, BOSettings())
+    pending = torch.tensor([[0.3, 0.6], [0.8, 0.1]], dtype=torch.float64)
+    before = model.posterior(pending)
+    after = _botorch._believer(model, pending).posterior(pending)
+    assert torch.allclose(after.mean, before.mean, atol=1e-3 * Y.std().item())
+    # One (noisy) observation at a point leaves at most the noise variance there.
+    noise = model.likelihood.noise.item() * Y.var().item()
+    assert (after.variance <= noise).all() and (before.variance > 10 * noise).all()
+
+
+def test_thompson_samples_are_drawn_with_running_trials_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nasrun.bo import _botorch
+
+    seen: list[torch.Tensor | None] = []
+    thompson = _botorch.thompson
+
+    def spy(model, X, Y, space, settings, q, X_pending, generator):
+        seen.append(None if X_pending is None else X_pending.clone())
+        return thompson(model, X, Y, space, settings, q, X_pending, generator)
+
+    monkeypatch.setattr(_botorch, "thompson", spy)
+    bo = BayesOpt(branin_space(), BOSettings(n_initial=5, **FAST), budget=20)
+    run(bo, branin, 5)
+    (running,) = bo.ask()  # a Thompson sample, still being evaluated
+    bo.ask()
+    assert seen[0] is None
+    assert seen[1] is not None and seen[1].tolist() == [running.x]

@@ -353,8 +353,8 @@ def thompson(
     Pending points (running trials, and the points already chosen for this batch) enter as
     "kriging believer" fantasies: each draw comes from the posterior conditioned on the model's own
     mean at those points. Their uncertainty is gone, so no draw is maximised where an evaluation is
-    already under way; independent draws from one posterior would pile a batch into the current
-    best basin.
+    already under way; independent draws from one posterior can put two points of a batch on
+    nearly the same spot.
 
     Returns:
         ``q x d`` encoded points, snapped onto the space.

@@ -28,6 +28,10 @@ from torch.quasirandom import SobolEngine
 
 from nasrun.bo import BayesOpt, BOSettings, Direction, Real, SearchSpace
 
+# Runs that end above this regret are counted: on Hartmann6 they sit in a local optimum (the
+# nearest one is at regret 0.12), and issue 3's target for the 75th percentile is 0.05.
+STUCK = 0.05
+
 # BOSettings overrides from --set (e.g. thompson_fraction=0.5), for ablations.
 NASRUN_SETTINGS: dict[str, int | float] = {}
 
@@ -112,7 +116,8 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def table(rows: list[dict], budget: int) -> Table:
     t = Table(title=f"Simple regret after {budget} evaluations (lower is better)")
-    for col in ("function", "q", "method", "seeds", "median", "25%", "75%", "s/proposal", "s/proposal@end"):
+    columns = ("function", "q", "method", "seeds", "median", "25%", "75%", f"> {STUCK}")
+    for col in (*columns, "s/proposal", "s/proposal@end"):
         t.add_column(col, justify="left" if col in ("function", "method") else "right")
     keys = sorted(
         {(r["function"], r["q"], r["method"]) for r in rows},
@@ -120,7 +125,8 @@ def table(rows: list[dict], budget: int) -> Table:
     )
     for fn, q, method in keys:
         runs = [r for r in rows if (r["function"], r["q"], r["method"]) == (fn, q, method)]
-        q1, med, q3 = quartiles([r["regret"] for r in runs])
+        regrets = [r["regret"] for r in runs]
+        q1, med, q3 = quartiles(regrets)
         sec = [s for r in runs for s in r["seconds"]]
         end = [r["seconds"][-1] for r in runs if r["seconds"]]
         t.add_row(
@@ -131,6 +137,7 @@ def table(rows: list[dict], budget: int) -> Table:
             f"{med:.4f}",
             f"{q1:.4f}",
             f"{q3:.4f}",
+            str(sum(r > STUCK for r in regrets)),
             f"{statistics.median(sec):.2f}" if sec else "-",
             f"{statistics.median(end):.2f}" if end else "-",
         )

@@ -116,8 +116,19 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def table(rows: list[dict], budget: int) -> Table:
     t = Table(title=f"Simple regret after {budget} evaluations (lower is better)")
-    columns = ("function", "q", "method", "seeds", "median", "25%", "75%", f"> {STUCK}")
-    for col in (*columns, "s/proposal", "s/proposal@end"):
+    stuck = f"> {STUCK}"
+    for col in (
+        "function",
+        "q",
+        "method",
+        "seeds",
+        "median",
+        "25%",
+        "75%",
+        stuck,
+        "s/proposal",
+        "s/proposal@end",
+    ):
         t.add_column(col, justify="left" if col in ("function", "method") else "right")
     keys = sorted(
         {(r["function"], r["q"], r["method"]) for r in rows},

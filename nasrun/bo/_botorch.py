@@ -365,7 +365,7 @@ def thompson(
         pending = [t for t in [X_pending, *chosen] if t is not None]
         believer = _believer(model, torch.cat(pending)) if pending else model
         if candidates is not None:
-            picked = MaxPosteriorSampling(believer, replacement=False)(candidates, num_samples=1)
+            picked = MaxPosteriorSampling(believer)(candidates, num_samples=1)
             chosen.append(torch.tensor([space.snap(picked[0].tolist())], dtype=DTYPE))
         else:
             ts = PathwiseThompsonSampling(believer)

@@ -265,8 +265,7 @@ def test_believer_removes_the_uncertainty_at_pending_points_and_keeps_the_mean()
     space = branin_space()
     u = SobolEngine(2, scramble=True, seed=0).draw(12, dtype=torch.float64)
     X = _botorch.unit_to_space(u, space)
-    lo, hi = torch.tensor([-5.0, 0.0]), torch.tensor([10.0, 15.0])
-    Y = torch.tensor([[-branin(*(lo + x * (hi - lo)).tolist())] for x in u], dtype=torch.float64)
+    Y = torch.tensor([[-branin(-5 + 15 * a, 15 * b)] for a, b in u.tolist()], dtype=torch.float64)
     model = _botorch.fit_model(X, Y, space, BOSettings())
     pending = torch.tensor([[0.3, 0.6], [0.8, 0.1]], dtype=torch.float64)
     before = model.posterior(pending)
@@ -280,17 +279,17 @@ def test_believer_removes_the_uncertainty_at_pending_points_and_keeps_the_mean()
 def test_thompson_samples_are_drawn_with_running_trials_pending(monkeypatch: pytest.MonkeyPatch) -> None:
     from nasrun.bo import _botorch
 
-    seen: list[torch.Tensor | None] = []
-    thompson = _botorch.thompson
+    conditioned_on: list[list[list[float]]] = []
+    believer = _botorch._believer
 
-    def spy(model, X, Y, space, settings, q, X_pending, generator):
-        seen.append(None if X_pending is None else X_pending.clone())
-        return thompson(model, X, Y, space, settings, q, X_pending, generator)
+    def spy(model, X_pending):
+        conditioned_on.append(X_pending.tolist())
+        return believer(model, X_pending)
 
-    monkeypatch.setattr(_botorch, "thompson", spy)
+    monkeypatch.setattr(_botorch, "_believer", spy)
     bo = BayesOpt(branin_space(), BOSettings(n_initial=5, **FAST), budget=20)
     run(bo, branin, 5)
     (running,) = bo.ask()  # a Thompson sample, still being evaluated
+    assert conditioned_on == []
     bo.ask()
-    assert seen[0] is None
-    assert seen[1] is not None and seen[1].tolist() == [running.x]
+    assert conditioned_on == [[running.x]]

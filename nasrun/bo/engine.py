@@ -11,8 +11,10 @@ State lives in the ``TrialStore`` (SQLite file or memory): a new ``BayesOpt`` on
 carries on where the old one stopped. The first ``n_initial`` trials are scrambled Sobol points;
 after that every ``ask`` fits a GP to the completed trials. Given a budget, the trials up to
 ``thompson_fraction`` of it are Thompson samples (each the maximiser of a fresh posterior draw);
-the rest maximise the acquisition, with the trials still running passed as pending points. Failed trials enter the model at the worst value
-observed so far, so the model steers away from them instead of proposing them again.
+the rest maximise the acquisition, with the trials still running passed as pending points; for a
+deterministic objective (``noisy=False``) the model behind the acquisition nearly interpolates.
+Failed trials enter the model at the worst value observed so far, so the model steers away from
+them instead of proposing them again.
 """
 
 from __future__ import annotations
@@ -179,9 +181,10 @@ class BayesOpt:
         with torch.random.fork_rng():
             torch.manual_seed(step_seed)
             try:
-                model = _botorch.fit_model(X, Y, self.space, self.settings, self._hyper)
+                explore = self._thompson_phase(len(trials) + len(extra_pending))
+                model = _botorch.fit_model(X, Y, self.space, self.settings, self._hyper, refine=not explore)
                 self._hyper = _botorch.hyperparameters(model)
-                if self._thompson_phase(len(trials) + len(extra_pending)):
+                if explore:
                     return _botorch.thompson(
                         model, X, Y, self.space, self.settings, q, X_pending, generator
                     ).tolist()

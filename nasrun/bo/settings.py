@@ -64,7 +64,8 @@ class BOSettings:
     kernel: Kernel = Kernel.matern52
     # MAP is fast (about a second per proposal); fully Bayesian SAAS needs jax+numpyro and minutes.
     model: ModelKind = ModelKind.map
-    # False: near-deterministic objective (noise floor 1e-6, incumbent = best observation);
+    # False: near-deterministic objective (noise floor 1e-6, incumbent = best observation, and the
+    # acquisition's model nearly interpolates: noise prior centred on e^-8 instead of e^-4);
     # True: noise floor 1e-4 (BoTorch's MIN_INFERRED_NOISE_LEVEL), incumbent = best posterior mean.
     noisy: bool = False
     # Starts of the gradient-based acquisition optimiser (BoTorch tutorials use 10-20).

@@ -216,13 +216,43 @@ def _spy_phases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_thompson_phase_covers_the_given_share_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nasrun.bo import _botorch
+
     calls = _spy_phases(monkeypatch)
+    refine_flags: list[bool] = []
+    fit = _botorch.fit_model
+
+    def spy_fit(*args, refine: bool = False, **kwargs):
+        refine_flags.append(refine)
+        return fit(*args, refine=refine, **kwargs)
+
+    monkeypatch.setattr(_botorch, "fit_model", spy_fit)
     settings = BOSettings(direction=Direction.minimize, n_initial=4, thompson_fraction=0.6, **FAST)
     bo = BayesOpt(branin_space(), settings, budget=10)
     run(bo, branin, 10)
     # Trials 0-3 Sobol; 4 and 5 Thompson (index < 0.6 * 10); 6-9 the acquisition.
     assert calls == ["thompson"] * 2 + ["acquisition"] * 4
+    # The acquisition's model is the refining one (near-interpolating for deterministic objectives).
+    assert refine_flags == [False] * 2 + [True] * 4
     assert len({tuple(t.x) for t in bo.trials()}) == 10
+
+
+def test_refining_model_nearly_interpolates_only_deterministic_objectives() -> None:
+    from botorch.test_functions import Hartmann
+
+    from nasrun.bo import _botorch
+
+    # Hartmann6 is a plateau with narrow wells: the stationary GP's misfit goes into the noise.
+    space = parse_overrides([f"x{i}=interval(0, 1)" for i in range(6)])[0]
+    X = SobolEngine(6, scramble=True, seed=0).draw(30, dtype=torch.float64)
+    Y = -Hartmann(dim=6)(X).unsqueeze(-1)
+
+    def noise(noisy: bool, refine: bool) -> float:
+        model = _botorch.fit_model(X, Y, space, BOSettings(noisy=noisy), refine=refine)
+        return model.likelihood.noise.item()
+
+    assert noise(noisy=False, refine=True) < noise(noisy=False, refine=False) / 10
+    assert noise(noisy=True, refine=True) == pytest.approx(noise(noisy=True, refine=False))
 
 
 def test_without_a_budget_or_with_fraction_zero_there_is_no_thompson_phase(

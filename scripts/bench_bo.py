@@ -17,11 +17,14 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from botorch.test_functions import Branin, Hartmann, SyntheticTestFunction
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.console import Console
 from rich.table import Table
 from torch.quasirandom import SobolEngine
@@ -33,12 +36,32 @@ from nasrun.bo import BayesOpt, BOSettings, Direction, Real, SearchSpace
 STUCK = 0.05
 
 # BOSettings overrides from --set (e.g. thompson_fraction=0.5), for ablations.
-NASRUN_SETTINGS: dict[str, int | float] = {}
+NASRUN_SETTINGS: dict[str, Any] = {}
 
 FUNCTIONS: dict[str, Callable[[], SyntheticTestFunction]] = {
     "branin": Branin,
     "hartmann6": lambda: Hartmann(dim=6),
 }
+
+
+def parse_settings(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` overrides of ``BOSettings``, typed and checked by OmegaConf against its fields.
+
+    Values are converted as the sweeper's config would convert them (``acquisition=ucb`` becomes
+    ``Acquisition.ucb``, ``noisy=true`` a bool); a bad key or value exits with one line naming it.
+    """
+    schema = OmegaConf.structured(BOSettings)
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, _ = item.partition("=")
+        if not sep or key not in BOSettings.__dataclass_fields__:
+            raise SystemExit(f"--set {item}: expected KEY=VALUE with KEY a BOSettings field")
+        try:
+            merged = OmegaConf.merge(schema, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise SystemExit(f"--set {item}: {str(e).splitlines()[0]}") from None
+        overrides[key] = getattr(OmegaConf.to_object(merged), key)
+    return overrides
 
 
 def evaluate(f: SyntheticTestFunction, x: list[float]) -> float:
@@ -175,14 +198,10 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a numeric BOSettings field for nasrun's runs, e.g. thompson_fraction=0 (ablations; use another --out)",
+        help="a BOSettings field for nasrun's runs, e.g. thompson_fraction=0 or acquisition=ucb (ablations; use another --out)",
     )
     args = p.parse_args()
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if key not in BOSettings.__dataclass_fields__:
-            raise SystemExit(f"--set {item}: BOSettings has no field {key!r}")
-        NASRUN_SETTINGS[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+    NASRUN_SETTINGS.update(parse_settings(args.set))
     torch.set_num_threads(args.threads)
     console = Console()
     done = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []

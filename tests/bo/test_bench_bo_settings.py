@@ -1,0 +1,44 @@
+"""scripts/bench_bo.py's --set: typed BOSettings overrides for ablations, bad ones named in one line."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from nasrun.bo import BOSettings
+from nasrun.bo.settings import Acquisition
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_bo.py"
+
+
+@pytest.fixture(scope="module")
+def bench_bo():
+    spec = importlib.util.spec_from_file_location("bench_bo", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_overrides_are_typed_like_the_sweeper_config(bench_bo):
+    got = bench_bo.parse_settings(["acquisition=ucb", "ucb_beta=4", "thompson_fraction=0", "noisy=true"])
+    assert got == {"acquisition": Acquisition.ucb, "ucb_beta": 4.0, "thompson_fraction": 0.0, "noisy": True}
+    assert isinstance(got["ucb_beta"], float)
+    # The overrides build a valid BOSettings, as run_nasrun does.
+    assert BOSettings(**got).acquisition is Acquisition.ucb
+
+
+@pytest.mark.parametrize(
+    ("item", "named"),
+    [
+        ("acquisition=foo", "acquisition=foo"),
+        ("ucb_beta=x", "ucb_beta=x"),
+        ("no_such_field=1", "no_such_field=1"),
+        ("thompson_fraction", "thompson_fraction"),
+    ],
+)
+def test_bad_override_exits_with_one_line_naming_it(bench_bo, item, named):
+    with pytest.raises(SystemExit) as e:
+        bench_bo.parse_settings([item])
+    message = str(e.value)
+    assert named in message and "\n" not in message

@@ -35,7 +35,7 @@ from nasrun.bo import BayesOpt, BOSettings, Direction, Real, SearchSpace
 # nearest one is at regret 0.12), and issue 3's target for the 75th percentile is 0.05.
 STUCK = 0.05
 
-# BOSettings overrides from --set (e.g. thompson_fraction=0.5), for ablations.
+# BOSettings overrides from --set (e.g. explore_fraction=0.5), for ablations.
 NASRUN_SETTINGS: dict[str, Any] = {}
 
 FUNCTIONS: dict[str, Callable[[], SyntheticTestFunction]] = {
@@ -198,7 +198,7 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a BOSettings field for nasrun's runs, e.g. thompson_fraction=0 or acquisition=ucb (ablations; use another --out)",
+        help="a BOSettings field for nasrun's runs, e.g. explore_fraction=0 or acquisition=ucb (ablations; use another --out)",
     )
     args = p.parse_args()
     NASRUN_SETTINGS.update(parse_settings(args.set))

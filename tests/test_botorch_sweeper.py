@@ -195,7 +195,7 @@ def test_a_non_number_stops_with_one_line(sweep: Callable[..., Any]) -> None:
         ),
         ("hydra.sweeper.params.x=choice()", "parameter 'x': ValueError while evaluating 'choice()'"),
         ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is invalid"),
-        ("hydra.sweeper.thompson_fraction=2.0", "hydra.sweeper.thompson_fraction=2.0 is invalid"),
+        ("hydra.sweeper.explore_fraction=2.0", "hydra.sweeper.explore_fraction=2.0 is invalid"),
     ],
 )
 def test_bad_input_fails_before_any_trial(sweep: Callable[..., Any], override: str, needle: str) -> None:

@@ -57,7 +57,7 @@ class BoTorchSweeperImpl:
             ("batch_size", conf.batch_size >= 1, "at least 1"),
             ("n_initial", conf.n_initial is None or conf.n_initial >= 1, "at least 1, or null"),
             ("max_failure_rate", 0.0 <= conf.max_failure_rate <= 1.0, "between 0 and 1"),
-            ("thompson_fraction", 0.0 <= conf.thompson_fraction <= 1.0, "between 0 and 1"),
+            ("explore_fraction", 0.0 <= conf.explore_fraction <= 1.0, "between 0 and 1"),
             ("xi", conf.xi >= 0.0, "non-negative"),
             ("ucb_beta", conf.ucb_beta is None or conf.ucb_beta >= 0.0, "non-negative, or null"),
             ("num_restarts", conf.num_restarts >= 1, "at least 1"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nasrun.bo.settings import Acquisition, BOSettings, Direction, Kernel, ModelKind
+from nasrun.bo.settings import Acquisition, BOSettings, Direction, Exploration, Kernel, ModelKind
 from nasrun.bo.space import (
     Categorical,
     Integer,
@@ -29,6 +29,7 @@ __all__ = [
     "BayesOpt",
     "Categorical",
     "Direction",
+    "Exploration",
     "Integer",
     "Kernel",
     "ModelKind",

@@ -10,9 +10,10 @@
 State lives in the ``TrialStore`` (SQLite file or memory): a new ``BayesOpt`` on an existing store
 carries on where the old one stopped. The first ``n_initial`` trials are scrambled Sobol points;
 after that every ``ask`` fits a GP to the completed trials. Given a budget, the trials up to
-``thompson_fraction`` of it are Thompson samples (each the maximiser of a fresh posterior draw);
-the rest maximise the acquisition, with the trials still running passed as pending points; for a
-deterministic objective (``noisy=False``) the model behind the acquisition nearly interpolates.
+``explore_fraction`` of it explore (``exploration``: joint entropy search by default, or Thompson
+sampling); the rest maximise the acquisition. Both phases see the trials still running as pending
+points; for a deterministic objective (``noisy=False``) the model behind the acquisition nearly
+interpolates.
 Failed trials enter the model at the worst value observed so far, so the model steers away from
 them instead of proposing them again.
 """
@@ -68,8 +69,8 @@ class BayesOpt:
         self._hyper: dict[str, torch.Tensor] | None = None  # last fit's hyperparameters (warm start)
         if self.n_initial < 1:
             raise UserError(f"n_initial must be at least 1, got {self.settings.n_initial}")
-        if not 0.0 <= self.settings.thompson_fraction <= 1.0:
-            raise UserError(f"thompson_fraction must be in [0, 1], got {self.settings.thompson_fraction}")
+        if not 0.0 <= self.settings.explore_fraction <= 1.0:
+            raise UserError(f"explore_fraction must be in [0, 1], got {self.settings.explore_fraction}")
 
     def _check_store(self) -> None:
         for key, mine in (
@@ -181,11 +182,11 @@ class BayesOpt:
         with torch.random.fork_rng():
             torch.manual_seed(step_seed)
             try:
-                explore = self._thompson_phase(len(trials) + len(extra_pending))
+                explore = self._explore_phase(len(trials) + len(extra_pending))
                 model = _botorch.fit_model(X, Y, self.space, self.settings, self._hyper, refine=not explore)
                 self._hyper = _botorch.hyperparameters(model)
                 if explore:
-                    return _botorch.thompson(
+                    return _botorch.explore(
                         model, X, Y, self.space, self.settings, q, X_pending, generator
                     ).tolist()
                 acqf = _botorch.build_acquisition(model, X, Y, self.settings, self.space.dim)
@@ -195,9 +196,9 @@ class BayesOpt:
             finally:
                 torch.set_num_threads(threads)
 
-    def _thompson_phase(self, n_proposed: int) -> bool:
-        """Whether the next proposal, after ``n_proposed`` trials, is a Thompson sample."""
-        return self.budget is not None and n_proposed < self.settings.thompson_fraction * self.budget
+    def _explore_phase(self, n_proposed: int) -> bool:
+        """Whether the next proposal, after ``n_proposed`` trials, belongs to the exploration phase."""
+        return self.budget is not None and n_proposed < self.settings.explore_fraction * self.budget
 
     @staticmethod
     def _key(x: list[float]) -> tuple[float, ...]:

@@ -17,6 +17,7 @@ from nasrun.bo import (
     BayesOpt,
     BOSettings,
     Direction,
+    Exploration,
     ModelKind,
     TrialState,
     TrialStore,
@@ -196,26 +197,26 @@ def test_fully_bayesian_saas_model() -> None:
 
 
 def _spy_phases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records, per model-based ask, whether it drew Thompson samples or maximised the acquisition."""
+    """Records, per model-based ask, whether it explored or maximised the acquisition."""
     from nasrun.bo import _botorch
 
     calls: list[str] = []
-    thompson, build = _botorch.thompson, _botorch.build_acquisition
+    explore, build = _botorch.explore, _botorch.build_acquisition
 
-    def spy_thompson(*args, **kwargs):
-        calls.append("thompson")
-        return thompson(*args, **kwargs)
+    def spy_explore(*args, **kwargs):
+        calls.append("explore")
+        return explore(*args, **kwargs)
 
     def spy_build(*args, **kwargs):
         calls.append("acquisition")
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(_botorch, "thompson", spy_thompson)
+    monkeypatch.setattr(_botorch, "explore", spy_explore)
     monkeypatch.setattr(_botorch, "build_acquisition", spy_build)
     return calls
 
 
-def test_thompson_phase_covers_the_given_share_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exploration_phase_covers_the_given_share_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     from nasrun.bo import _botorch
 
     calls = _spy_phases(monkeypatch)
@@ -227,11 +228,11 @@ def test_thompson_phase_covers_the_given_share_of_the_budget(monkeypatch: pytest
         return fit(*args, refine=refine, **kwargs)
 
     monkeypatch.setattr(_botorch, "fit_model", spy_fit)
-    settings = BOSettings(direction=Direction.minimize, n_initial=4, thompson_fraction=0.6, **FAST)
+    settings = BOSettings(direction=Direction.minimize, n_initial=4, explore_fraction=0.6, **FAST)
     bo = BayesOpt(branin_space(), settings, budget=10)
     run(bo, branin, 10)
-    # Trials 0-3 Sobol; 4 and 5 Thompson (index < 0.6 * 10); 6-9 the acquisition.
-    assert calls == ["thompson"] * 2 + ["acquisition"] * 4
+    # Trials 0-3 Sobol; 4 and 5 explore (index < 0.6 * 10); 6-9 the acquisition.
+    assert calls == ["explore"] * 2 + ["acquisition"] * 4
     # The acquisition's model is the refining one (near-interpolating for deterministic objectives).
     assert refine_flags == [False] * 2 + [True] * 4
     assert len({tuple(t.x) for t in bo.trials()}) == 10
@@ -255,38 +256,44 @@ def test_refining_model_nearly_interpolates_only_deterministic_objectives() -> N
     assert noise(noisy=True, refine=True) == pytest.approx(noise(noisy=True, refine=False))
 
 
-def test_without_a_budget_or_with_fraction_zero_there_is_no_thompson_phase(
+def test_without_a_budget_or_with_fraction_zero_there_is_no_exploration_phase(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls = _spy_phases(monkeypatch)
     run(BayesOpt(branin_space(), BOSettings(n_initial=4, **FAST)), branin, 6)
-    run(BayesOpt(branin_space(), BOSettings(n_initial=4, thompson_fraction=0.0, **FAST), budget=6), branin, 6)
+    run(BayesOpt(branin_space(), BOSettings(n_initial=4, explore_fraction=0.0, **FAST), budget=6), branin, 6)
     assert calls == ["acquisition"] * 4
 
 
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "exploration"),
     [
-        ["x=interval(-5, 10)", "y=interval(0, 15)"],
-        ["x=interval(-5, 10)", "y=int(interval(0, 15))", "c=choice(a, b, c)"],
+        (["x=interval(-5, 10)", "y=interval(0, 15)"], Exploration.jes),
+        (["x=interval(-5, 10)", "y=interval(0, 15)"], Exploration.thompson),
+        (["x=interval(-5, 10)", "y=int(interval(0, 15))"], Exploration.jes),
+        (["x=interval(-5, 10)", "y=int(interval(0, 15))", "c=choice(a, b, c)"], Exploration.jes),
     ],
-    ids=["continuous", "mixed"],
+    ids=["continuous-jes", "continuous-thompson", "integer-jes", "mixed"],
 )
-def test_thompson_batches_are_distinct_points_of_the_space(overrides: list[str]) -> None:
+def test_exploration_batches_are_distinct_points_of_the_space(
+    overrides: list[str], exploration: Exploration
+) -> None:
     space = parse_overrides(overrides)[0]
-    bo = BayesOpt(space, BOSettings(n_initial=5, seed=2, **FAST), budget=20)
+    bo = BayesOpt(space, BOSettings(n_initial=5, seed=2, exploration=exploration, **FAST), budget=20)
     run(bo, lambda **p: -((p["x"] - 2) ** 2) - (p["y"] - 3) ** 2, 5)
     batch = bo.ask(4)
     assert len({tuple(t.x) for t in batch}) == 4
     for t in batch:
         assert -5 <= t.params["x"] <= 10 and 0 <= t.params["y"] <= 15
         if "c" in t.params:
-            assert t.params["c"] in ("a", "b", "c") and isinstance(t.params["y"], int)
+            assert t.params["c"] in ("a", "b", "c")
+        if "int(" in overrides[1]:
+            assert isinstance(t.params["y"], int)
 
 
-def test_thompson_fraction_outside_0_1_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="thompson_fraction must be in \\[0, 1\\], got 1.5"):
-        BayesOpt(branin_space(), BOSettings(thompson_fraction=1.5), budget=10)
+def test_explore_fraction_outside_0_1_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="explore_fraction must be in \\[0, 1\\], got 1.5"):
+        BayesOpt(branin_space(), BOSettings(explore_fraction=1.5), budget=10)
 
 
 def test_believer_removes_the_uncertainty_at_pending_points_and_keeps_the_mean() -> None:
@@ -317,9 +324,46 @@ def test_thompson_samples_are_drawn_with_running_trials_pending(monkeypatch: pyt
         return believer(model, X_pending)
 
     monkeypatch.setattr(_botorch, "_believer", spy)
-    bo = BayesOpt(branin_space(), BOSettings(n_initial=5, **FAST), budget=20)
+    settings = BOSettings(n_initial=5, exploration=Exploration.thompson, **FAST)
+    bo = BayesOpt(branin_space(), settings, budget=20)
     run(bo, branin, 5)
     (running,) = bo.ask()  # a Thompson sample, still being evaluated
     assert conditioned_on == []
     bo.ask()
     assert conditioned_on == [[running.x]]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["x=interval(-5, 10)", "y=interval(0, 15)"], "qJointEntropySearch"),
+        (["x=interval(-5, 10)", "c=choice(a, b, c)"], "thompson"),
+    ],
+    ids=["continuous", "categorical"],
+)
+def test_entropy_search_explores_continuous_spaces_with_running_trials_pending(
+    monkeypatch: pytest.MonkeyPatch, overrides: list[str], expected: str
+) -> None:
+    """Default exploration: joint entropy search, told about running trials; Thompson sampling
+    where the space has categorical columns (the sampled optima need a continuous space)."""
+    from nasrun.bo import _botorch
+
+    seen: list[tuple[str, list[list[float]] | None]] = []
+    optimize, thompson = _botorch.optimize, _botorch.thompson
+
+    def spy_optimize(acqf, X, Y, space, settings, q, X_pending, generator):
+        seen.append((type(acqf).__name__, None if X_pending is None else X_pending.tolist()))
+        return optimize(acqf, X, Y, space, settings, q, X_pending, generator)
+
+    def spy_thompson(model, X, Y, space, settings, q, X_pending, generator):
+        seen.append(("thompson", None if X_pending is None else X_pending.tolist()))
+        return thompson(model, X, Y, space, settings, q, X_pending, generator)
+
+    monkeypatch.setattr(_botorch, "optimize", spy_optimize)
+    monkeypatch.setattr(_botorch, "thompson", spy_thompson)
+    space = parse_overrides(overrides)[0]
+    bo = BayesOpt(space, BOSettings(n_initial=5, **FAST), budget=20)
+    run(bo, lambda **p: -((p["x"] - 2) ** 2), 5)
+    (running,) = bo.ask()
+    bo.ask()
+    assert seen == [(expected, None), (expected, [running.x])]

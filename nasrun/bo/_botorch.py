@@ -61,12 +61,10 @@ NOISE_PRIOR_LOC = {"explore": -4.0, "refine": -8.0}
 # Sobol half keeps exploring); Optuna's GPSampler likewise starts a local search at its best point.
 LOCAL_SCALES = (0.01, 0.05, 0.2)
 LOCAL_TOP_K = 5
-# Sampled optima behind joint entropy search: posterior draws (pathwise), each maximised from the
-# best of 512 random points with 10 L-BFGS restarts. 16 is what the README's benchmark measured;
-# the time of a proposal grows with it (README: time per proposal).
+# Sampled optima behind joint entropy search: posterior draws (pathwise), each maximised with the
+# acquisition optimiser's raw_samples and num_restarts. 16 is what the README's benchmark
+# measured; the time of a proposal grows with it (README: time per proposal).
 JES_OPTIMA = 16
-JES_RAW_SAMPLES = 512
-JES_RESTARTS = 10
 
 
 def _base_kernel(
@@ -376,7 +374,7 @@ def explore(
     if (
         settings.exploration is Exploration.thompson
         or space.cat_dims
-        or getattr(model, "_is_fully_bayesian", False)
+        or settings.model is ModelKind.fully_bayesian
     ):
         return thompson(model, X, Y, space, settings, q, X_pending, generator)
     bounds = torch.tensor([[0.0] * space.dim, space.upper()], dtype=DTYPE)
@@ -386,8 +384,8 @@ def explore(
             model,
             bounds=bounds,
             num_optima=JES_OPTIMA,
-            raw_samples=JES_RAW_SAMPLES,
-            num_restarts=JES_RESTARTS,
+            raw_samples=settings.raw_samples,
+            num_restarts=settings.num_restarts,
         )
     acqf = qJointEntropySearch(model, optimal_inputs=optimal_inputs, optimal_outputs=optimal_outputs)
     return optimize(acqf, X, Y, space, settings, q, X_pending, generator)

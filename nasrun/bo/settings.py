@@ -82,7 +82,8 @@ class BOSettings:
     # acquisition's model nearly interpolates: noise prior centred on e^-8 instead of e^-4);
     # True: noise floor 1e-4 (BoTorch's MIN_INFERRED_NOISE_LEVEL), incumbent = best posterior mean.
     noisy: bool = False
-    # Starts of the gradient-based acquisition optimiser (BoTorch tutorials use 10-20).
+    # Starts of the gradient-based acquisition optimiser, also for jes's sampled optima (BoTorch
+    # tutorials use 10-20).
     num_restarts: int = 10
     # Candidates scored before picking the starts (BoTorch tutorials use 512-1024).
     raw_samples: int = 512

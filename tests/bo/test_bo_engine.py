@@ -287,7 +287,7 @@ def test_exploration_batches_are_distinct_points_of_the_space(
         assert -5 <= t.params["x"] <= 10 and 0 <= t.params["y"] <= 15
         if "c" in t.params:
             assert t.params["c"] in ("a", "b", "c")
-        if "int(" in overrides[1]:
+        if space.int_dims:
             assert isinstance(t.params["y"], int)
 
 

@@ -69,8 +69,13 @@ def evaluate(f: SyntheticTestFunction, x: list[float]) -> float:
     return float(f(torch.tensor([x], dtype=torch.float64)).item())
 
 
-def run_nasrun(f: SyntheticTestFunction, seed: int, budget: int, q: int) -> tuple[list[float], list[float]]:
-    """Values in evaluation order, and seconds per proposed point of each model-based ask."""
+def run_nasrun(
+    f: SyntheticTestFunction, seed: int, budget: int, q: int, points: list[list[float]] | None = None
+) -> tuple[list[float], list[float]]:
+    """Values in evaluation order, and seconds per proposed point of each model-based ask.
+
+    ``points``, when given, receives the evaluated points in the same order (``scripts/bo_basins.py``).
+    """
     lo, hi = f.bounds.tolist()
     space = SearchSpace([Real(f"x{i}", lo[i], hi[i]) for i in range(f.dim)])
     settings = BOSettings(direction=Direction.minimize, seed=seed, **NASRUN_SETTINGS)
@@ -83,8 +88,11 @@ def run_nasrun(f: SyntheticTestFunction, seed: int, budget: int, q: int) -> tupl
         if len(values) >= bo.n_initial:
             seconds.append((time.perf_counter() - start) / n)
         for t in trials:
-            values.append(evaluate(f, [t.params[f"x{i}"] for i in range(f.dim)]))
+            x = [t.params[f"x{i}"] for i in range(f.dim)]
+            values.append(evaluate(f, x))
             bo.tell(t.id, values[-1])
+            if points is not None:
+                points.append(x)
     return values, seconds
 
 

@@ -1,0 +1,94 @@
+"""Which Hartmann6 basin each evaluation of nasrun's BO falls in: why runs end in the local optimum.
+
+Hartmann6 (minimised on the unit cube) has its global minimum, -3.3224, and a local one, -3.2032
+(regret 0.12), far apart. For every evaluated point this script runs L-BFGS-B on the true function
+from that point and labels the point by where it ends: ``G`` global basin, ``L`` local basin, ``o``
+elsewhere; upper case when the point's own value is below -0.5 (off the plateau), lower case
+otherwise. One line per run, e.g. ``seed 0: regret 0.1204 LgggLggll...LLLL``, then a summary of the
+runs that ended above ``--stuck``. Settings as in ``bench_bo.py`` (``--set KEY=VALUE``).
+
+    python scripts/bo_basins.py --seeds 0,3,17 --q 1 --out basins.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from bench_bo import NASRUN_SETTINGS, parse_settings, run_nasrun
+from botorch.test_functions import Hartmann
+from rich.console import Console
+from scipy.optimize import minimize
+
+GLOBAL_BELOW = -3.3  # the global minimum is -3.3224
+LOCAL_BELOW = -3.1  # the local one is -3.2032
+OFF_PLATEAU = -0.5
+
+
+def basin(f: Hartmann, x: list[float]) -> str:
+    """``G``, ``L`` or ``o``: where a local descent of ``f`` from ``x`` ends."""
+
+    def fun(z):  # type: ignore[no-untyped-def]
+        return f(torch.as_tensor(z, dtype=torch.float64).unsqueeze(0)).item()
+
+    end = minimize(fun, x, bounds=[(0.0, 1.0)] * len(x), method="L-BFGS-B").fun
+    return "G" if end < GLOBAL_BELOW else "L" if end < LOCAL_BELOW else "o"
+
+
+def labels(f: Hartmann, points: list[list[float]], values: list[float]) -> str:
+    return "".join(
+        (b if v < OFF_PLATEAU else b.lower())
+        for b, v in ((basin(f, x), v) for x, v in zip(points, values, strict=True))
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--budget", type=int, default=50)
+    p.add_argument("--q", type=int, default=1)
+    p.add_argument("--stuck", type=float, default=0.05, help="regret above which a run counts as stuck")
+    p.add_argument("--out", type=Path, help="JSON lines: seed, regret, labels, values (appended)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a BOSettings field")
+    args = p.parse_args()
+    NASRUN_SETTINGS.update(parse_settings(args.set))
+    torch.set_num_threads(1)
+    console = Console()
+    f = Hartmann(dim=6)
+    stuck = []
+    for seed in (int(s) for s in args.seeds.split(",")):
+        points: list[list[float]] = []
+        values, _ = run_nasrun(f, seed, args.budget, args.q, points)
+        row = {
+            "seed": seed,
+            "regret": min(values) - f.optimal_value,
+            "labels": labels(f, points, values),
+            "values": values,
+        }
+        console.print(f"seed {seed}: regret {row['regret']:.4f} {row['labels']}", highlight=False)
+        if args.out:
+            with args.out.open("a") as out:
+                out.write(json.dumps(row) + "\n")
+        if row["regret"] > args.stuck:
+            stuck.append(row)
+    # Runs whose best point drains to the local minimum, and what they saw of the global basin.
+    in_local = [r for r in stuck if r["labels"][r["values"].index(min(r["values"]))] == "L"]
+    if in_local:
+        last_g = [max((i for i, c in enumerate(r["labels"]) if c in "Gg"), default=-1) for r in in_local]
+        best_g = [
+            min((v for c, v in zip(r["labels"], r["values"], strict=True) if c in "Gg"), default=0.0)
+            for r in in_local
+        ]
+        console.print(
+            f"{len(in_local)} of {len(stuck)} runs above {args.stuck} end in the local basin. Their last evaluation in the "
+            f"global basin: trial {statistics.median(last_g)} (median, from 0); the best value they saw there: "
+            f"{statistics.median(best_g):.2f} (median)",
+            highlight=False,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""scripts/bo_basins.py labels points by the Hartmann6 basin a local descent from them ends in."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+from botorch.test_functions import Hartmann
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+# Hartmann6's second-deepest minimum, -3.2032 (regret 0.12), where stuck runs end.
+LOCAL_MIN = [0.4047, 0.8824, 0.8461, 0.5740, 0.1389, 0.0385]
+
+
+@pytest.fixture(scope="module")
+def bo_basins():
+    import sys
+
+    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling bench_bo
+    try:
+        spec = importlib.util.spec_from_file_location("bo_basins", SCRIPTS / "bo_basins.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    return module
+
+
+def test_basins_of_the_two_deepest_minima_and_their_slopes(bo_basins):
+    f = Hartmann(dim=6)
+    best = f.optimizers[0].tolist()
+    assert bo_basins.basin(f, best) == "G"
+    assert bo_basins.basin(f, LOCAL_MIN) == "L"
+    # A step off each minimum still drains back to it.
+    near_best = [min(v + 0.05, 1.0) for v in best]
+    near_local = [max(v - 0.05, 0.0) for v in LOCAL_MIN]
+    values = [f(torch.tensor([x], dtype=torch.float64)).item() for x in (near_best, near_local)]
+    assert bo_basins.labels(f, [near_best, near_local], values) == "GL"
+    # Lower case marks points on the plateau (value above -0.5), whatever their basin.
+    assert bo_basins.labels(f, [near_best], [0.0]) == "g"

@@ -39,3 +39,13 @@ def test_basins_of_the_two_deepest_minima_and_their_slopes(bo_basins):
     assert bo_basins.labels(f, [near_best, near_local], values) == "GL"
     # Lower case marks points on the plateau (value above -0.5), whatever their basin.
     assert bo_basins.labels(f, [near_best], [0.0]) == "g"
+
+
+def test_run_nasrun_reports_the_points_it_evaluated(bo_basins):
+    # bench_bo's run_nasrun, as the script imports it: 6 Sobol points in batches of 4 and 2.
+    f = Hartmann(dim=6)
+    points: list[list[float]] = []
+    values, _ = bo_basins.run_nasrun(f, 0, 6, 4, points)
+    assert len(points) == len(values) == 6
+    assert values == [f(torch.tensor([x], dtype=torch.float64)).item() for x in points]
+    assert len({tuple(x) for x in points}) == 6

@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 from pathlib import Path
+from typing import Any
 
 import torch
 from bench_bo import NASRUN_SETTINGS, parse_settings, run_nasrun
@@ -31,7 +32,7 @@ OFF_PLATEAU = -0.5
 def basin(f: Hartmann, x: list[float]) -> str:
     """``G``, ``L`` or ``o``: where a local descent of ``f`` from ``x`` ends."""
 
-    def fun(z):  # type: ignore[no-untyped-def]
+    def fun(z: Any) -> float:  # z: scipy's numpy iterate
         return f(torch.as_tensor(z, dtype=torch.float64).unsqueeze(0)).item()
 
     end = minimize(fun, x, bounds=[(0.0, 1.0)] * len(x), method="L-BFGS-B").fun

@@ -6,8 +6,10 @@ from that point and labels the point by where it ends: ``G`` global basin, ``L``
 elsewhere; upper case when the point's own value is below -0.5 (off the plateau), lower case
 otherwise. One line per run, e.g. ``seed 0: regret 0.1204 LgggLggll...LLLL``, then a summary of the
 runs that ended above ``--stuck``. Settings as in ``bench_bo.py`` (``--set KEY=VALUE``).
+``--uniform N`` instead reports how much of the cube lies off the plateau, and in which basin.
 
     python scripts/bo_basins.py --seeds 0,3,17 --q 1 --out basins.jsonl
+    python scripts/bo_basins.py --uniform 20000
 """
 
 from __future__ import annotations
@@ -16,10 +18,9 @@ import argparse
 import json
 import statistics
 from pathlib import Path
-from typing import Any
 
 import torch
-from bench_bo import NASRUN_SETTINGS, parse_settings, run_nasrun
+from bench_bo import NASRUN_SETTINGS, evaluate, parse_settings, run_nasrun
 from botorch.test_functions import Hartmann
 from rich.console import Console
 from scipy.optimize import minimize
@@ -31,19 +32,33 @@ OFF_PLATEAU = -0.5
 
 def basin(f: Hartmann, x: list[float]) -> str:
     """``G``, ``L`` or ``o``: where a local descent of ``f`` from ``x`` ends."""
-
-    def fun(z: Any) -> float:  # z: scipy's numpy iterate
-        return f(torch.as_tensor(z, dtype=torch.float64).unsqueeze(0)).item()
-
-    end = minimize(fun, x, bounds=[(0.0, 1.0)] * len(x), method="L-BFGS-B").fun
+    end = minimize(lambda z: evaluate(f, z.tolist()), x, bounds=[(0.0, 1.0)] * len(x), method="L-BFGS-B").fun
     return "G" if end < GLOBAL_BELOW else "L" if end < LOCAL_BELOW else "o"
 
 
+def label(f: Hartmann, x: list[float], value: float) -> str:
+    """``basin``'s letter, lower case when ``value`` is on the plateau."""
+    b = basin(f, x)
+    return b if value < OFF_PLATEAU else b.lower()
+
+
 def labels(f: Hartmann, points: list[list[float]], values: list[float]) -> str:
-    return "".join(
-        (b if v < OFF_PLATEAU else b.lower())
-        for b, v in ((basin(f, x), v) for x, v in zip(points, values, strict=True))
-    )
+    return "".join(label(f, x, v) for x, v in zip(points, values, strict=True))
+
+
+def uniform_shares(f: Hartmann, n: int, seed: int = 0) -> dict[float, tuple[float, float]]:
+    """For ``n`` uniform points (``torch.rand``): per threshold (-1 and -0.5), the share of points
+    below it and, of those, the share that drains to the global minimum."""
+    torch.manual_seed(seed)
+    U = torch.rand(n, f.dim, dtype=torch.float64)
+    values = f(U)
+    off = torch.where(values < OFF_PLATEAU)[0].tolist()
+    global_basin = {i: basin(f, U[i].tolist()) == "G" for i in off}
+    shares = {}
+    for threshold in (-1.0, OFF_PLATEAU):
+        below = [i for i in off if values[i] < threshold]
+        shares[threshold] = (len(below) / n, sum(global_basin[i] for i in below) / max(len(below), 1))
+    return shares
 
 
 def main() -> None:
@@ -54,11 +69,25 @@ def main() -> None:
     p.add_argument("--stuck", type=float, default=0.05, help="regret above which a run counts as stuck")
     p.add_argument("--out", type=Path, help="JSON lines: seed, regret, labels, values (appended)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a BOSettings field")
+    p.add_argument(
+        "--uniform",
+        type=int,
+        metavar="N",
+        help="instead: how much of N uniform points lies off the plateau, per basin",
+    )
     args = p.parse_args()
     NASRUN_SETTINGS.update(parse_settings(args.set))
     torch.set_num_threads(1)
     console = Console()
     f = Hartmann(dim=6)
+    if args.uniform:
+        for threshold, (below, global_share) in uniform_shares(f, args.uniform).items():
+            console.print(
+                f"{below:.1%} of {args.uniform} uniform points are below {threshold}; "
+                f"{global_share:.1%} of those drain to the global minimum",
+                highlight=False,
+            )
+        return
     stuck = []
     for seed in (int(s) for s in args.seeds.split(",")):
         points: list[list[float]] = []

@@ -248,6 +248,11 @@ def build_acquisition(
     return cls(model, best_f=best_f, sampler=sampler)
 
 
+def _bounds(space: SearchSpace) -> Tensor:
+    """``2 x d`` box of the encoded space, as BoTorch's optimisers take it."""
+    return torch.tensor([[0.0] * space.dim, space.upper()], dtype=DTYPE)
+
+
 def unit_to_space(u: Tensor, space: SearchSpace) -> Tensor:
     """Points of the unit cube as encoded points; categorical columns are stretched over their index range."""
     upper = torch.tensor(space.upper(), dtype=DTYPE)
@@ -321,8 +326,7 @@ def optimize(
     Returns:
         ``q x d`` encoded points, snapped onto the space.
     """
-    d = space.dim
-    bounds = torch.tensor([[0.0] * d, space.upper()], dtype=DTYPE)
+    bounds = _bounds(space)
     chosen: list[Tensor] = []
     discrete = {**space.int_dims}
     for _ in range(q):
@@ -377,12 +381,11 @@ def explore(
         or settings.model is ModelKind.fully_bayesian
     ):
         return thompson(model, X, Y, space, settings, q, X_pending, generator)
-    bounds = torch.tensor([[0.0] * space.dim, space.upper()], dtype=DTYPE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # optimiser restarts that stop early are expected
         optimal_inputs, optimal_outputs = get_optimal_samples(
             model,
-            bounds=bounds,
+            bounds=_bounds(space),
             num_optima=JES_OPTIMA,
             raw_samples=settings.raw_samples,
             num_restarts=settings.num_restarts,

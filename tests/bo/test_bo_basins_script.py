@@ -4,7 +4,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 from botorch.test_functions import Hartmann
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -35,7 +34,7 @@ def test_basins_of_the_two_deepest_minima_and_their_slopes(bo_basins):
     # A step off each minimum still drains back to it.
     near_best = [min(v + 0.05, 1.0) for v in best]
     near_local = [max(v - 0.05, 0.0) for v in LOCAL_MIN]
-    values = [f(torch.tensor([x], dtype=torch.float64)).item() for x in (near_best, near_local)]
+    values = [bo_basins.evaluate(f, x) for x in (near_best, near_local)]
     assert bo_basins.labels(f, [near_best, near_local], values) == "GL"
     # Lower case marks points on the plateau (value above -0.5), whatever their basin.
     assert bo_basins.labels(f, [near_best], [0.0]) == "g"
@@ -47,5 +46,14 @@ def test_run_nasrun_reports_the_points_it_evaluated(bo_basins):
     points: list[list[float]] = []
     values, _ = bo_basins.run_nasrun(f, 0, 6, 4, points)
     assert len(points) == len(values) == 6
-    assert values == [f(torch.tensor([x], dtype=torch.float64)).item() for x in points]
+    assert values == [bo_basins.evaluate(f, x) for x in points]
     assert len({tuple(x) for x in points}) == 6
+
+
+def test_uniform_shares_count_points_off_the_plateau_by_basin(bo_basins):
+    shares = bo_basins.uniform_shares(Hartmann(dim=6), 400)
+    (below_1, global_1), (below_05, global_05) = shares[-1.0], shares[-0.5]
+    # Values below -1 are a subset of those below -0.5; both are a small part of the cube.
+    assert 0 < below_1 < below_05 < 0.5
+    # Most of them drain to the global minimum, but not all (the local basin takes a third).
+    assert 0.3 < global_1 < 1 and 0.3 < global_05 < 1

@@ -30,16 +30,16 @@ demo: install  ## a real, small DARTS search + retrain on the bundled digits dat
 	$(VENV)/bin/nasrun experiment=demo
 
 lint: install  ## ruff (lint + format check) and mypy
-	$(VENV)/bin/ruff check nasrun hydra_plugins tests scripts
-	$(VENV)/bin/ruff format --check nasrun hydra_plugins tests scripts
+	$(VENV)/bin/ruff check nasrun hydra_plugins tests scripts docs/benchmarks
+	$(VENV)/bin/ruff format --check nasrun hydra_plugins tests scripts docs/benchmarks
 	$(VENV)/bin/mypy
 
-bench: install  ## DARTS search-step benchmark on synthetic data (see README)
+bench: install  ## DARTS search-step benchmark on synthetic data (docs/benchmarks/darts_step.md)
 	$(PY) scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 --image-size 32 --steps 5
 
-bench-train: install  ## retraining-step benchmark, darts_v2 at 36 channels x 20 cells (see README)
+bench-train: install  ## retraining-step benchmark, darts_v2 at 36 channels x 20 cells (docs/benchmarks/retrain_step.md)
 	$(PY) scripts/bench_train.py --genotype darts_v2 --channels 36 --layers 20 --batch-size 96
 
-bench-bo: install  ## BO benchmark: nasrun vs Sobol vs Optuna GP/TPE (slow; see README)
+bench-bo: install  ## BO benchmark: nasrun vs Sobol vs Optuna GP/TPE (slow; docs/benchmarks/bo.md)
 	$(PY) -m pip install -q -e '.[bench]' --config-settings editable_mode=compat
 	$(PY) scripts/bench_bo.py --seeds 20 --budget 50 --functions branin,hartmann6 --methods nasrun,sobol,optuna-gp,optuna-tpe --q 1,4 --out outputs/bench_bo.jsonl

@@ -10,6 +10,7 @@ Anything else (a bug) keeps its traceback.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from nasrun import UserError
@@ -77,7 +78,47 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(parts).rstrip(";")
 
 
+def config_groups() -> str:
+    """The groups of ``conf/config.yaml``'s defaults list with their options, for ``nasrun --help``.
+
+    Hydra's own list (``$APP_CONFIG_GROUPS``) also shows what the ConfigStore holds, the
+    ``*_schema`` configs that type-check each group; these are read from the config files.
+    """
+    conf = config_dir()
+    primary = OmegaConf.to_container(OmegaConf.load(conf / "config.yaml"), resolve=False)
+    lines = []
+    for entry in primary.get("defaults", []) if isinstance(primary, dict) else []:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            continue  # the schema and _self_
+        ((key, default),) = entry.items()
+        group = str(key)
+        # Skips `override hydra/...`, `optional a/b@c` and other entries that are not a user's choice.
+        if not group.isidentifier():
+            continue
+        options = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        if not options:
+            continue
+        shown = ", ".join(f"{o} (default)" if o == default else o for o in options)
+        if isinstance(default, str) and default.startswith("${"):  # e.g. retrain: ${space}
+            shown += f" (default: as {default[2:-1]})"
+        lines.append(f"  {group}: {shown}")
+    return "\n".join(lines)
+
+
 register_configs()
+# conf/hydra/help/nasrun.yaml calls it; registered here because `nasrun --help` composes the help
+# config in this process, after this module is imported.
+OmegaConf.register_new_resolver("nasrun_config_groups", config_groups, replace=True)
+
+
+def _interrupted(run_dir: Path) -> str:
+    """What to say after Ctrl-C: how to resume the run in ``run_dir``, if it checkpointed."""
+    ckpts = run_dir / "checkpoints"
+    if not (ckpts.is_dir() and any(ckpts.iterdir())):
+        return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
+    kept = [a for a in sys.argv[1:] if not a.startswith(("resume=", "hydra.run.dir="))]
+    command = shlex.join(["nasrun", *kept, f"hydra.run.dir={run_dir}", "resume=true"])
+    return f"interrupted; {run_dir} keeps the last checkpoint. Resume with: {command}"
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
@@ -88,6 +129,11 @@ def task(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     try:
         return pipeline.run(cfg, Path(hc.runtime.output_dir))
+    except KeyboardInterrupt:
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        print(f"nasrun: {_interrupted(Path(hc.runtime.output_dir))}", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         if _user_error(e) is None or hc.mode == RunMode.MULTIRUN:
             raise
@@ -110,6 +156,13 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         task()
+    except KeyboardInterrupt:
+        # A single run says how to resume inside ``task``; this is a sweep or the start-up.
+        print(
+            "nasrun: interrupted (a sweep resumes when run again with the same hydra.sweep.dir)",
+            file=sys.stderr,
+        )
+        sys.exit(130)
     except Exception as e:
         message = _message(e)
         if message is None:

@@ -13,15 +13,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nasrun import UserError
+from nasrun.config.build import build
 from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
 from nasrun.report.results import count_flops, count_params, print_summary
 from nasrun.search.base import SearchContext, SearchResult
-from nasrun.space.genotype import Genotype, write_json_atomic
+from nasrun.space.genotype import Genotype, GenotypeError, write_json_atomic
+from nasrun.train.threads import apply_threads, hydra_launcher, launcher_jobs, resolve_threads
+
+# torch and NumPy take 64-bit seeds, and the per-epoch generators derive seeds from the run's
+# (seed * 1_000_003 + ...), which must still fit: 32 bits leave room for that.
+SEED_MAX = 2**32 - 1
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed that seeding would reject deep inside torch, with a traceback.
+
+    Raises:
+        UserError: ``seed`` is not an integer in ``[0, SEED_MAX]``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise UserError(f"seed={seed}: must be an integer from 0 to {SEED_MAX}")
 
 
 def seed_everything(seed: int) -> None:
@@ -73,13 +88,18 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         UserError: for anything wrong in the config or the files it names.
     """
     console = get_console()
+    check_seed(cfg.seed)
+    console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    # CPU threads first, before torch does any parallel work: this process's share of the machine.
+    setting = OmegaConf.select(cfg, "trainer.threads", default="auto")
+    threads = apply_threads(resolve_threads(setting, jobs=launcher_jobs(hydra_launcher())))
     _check_fresh_run_dir(run_dir, cfg.resume)
     seed_everything(cfg.seed)
     task = str(cfg.task.value if hasattr(cfg.task, "value") else cfg.task)
 
     # -- build and validate everything first ---------------------------------------------------
-    space = instantiate(cfg.space)
-    trainer = instantiate(cfg.trainer) if cfg.get("trainer") is not None else None
+    space = build(cfg, "space")
+    trainer = build(cfg, "trainer") if cfg.get("trainer") is not None else None
     given = _given_genotype(cfg)
     if task == "retrain":
         if given is None:
@@ -87,12 +107,16 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
                 "task=retrain needs genotype=NAME (see conf/genotype/) or genotype_path=PATH/genotype.json"
             )
         if cfg.get("retrain") is None or not cfg.retrain.enabled:
-            raise UserError("task=retrain needs retraining enabled (retrain=darts retrain.enabled=true)")
-        space.validate(given)
-    strategy = instantiate(cfg.search)(space=space, seed=cfg.seed) if task == "nas" else None
+            raise UserError("task=retrain needs retraining enabled (retrain.enabled=true)")
+        try:
+            space.validate(given, sized=False)
+        except GenotypeError as e:
+            # Name the file too: the message alone says "genotype: ...".
+            raise GenotypeError(f"{cfg.genotype_path}: {e}" if cfg.get("genotype_path") else str(e)) from None
+    strategy = build(cfg, "search", space=space, seed=cfg.seed) if task == "nas" else None
     if task == "nas" and strategy is None:
         raise UserError("task=nas needs a search strategy (search=darts, search=random_search, ...)")
-    evaluator = instantiate(cfg.evaluator) if cfg.get("evaluator") is not None else None
+    evaluator = build(cfg, "evaluator") if cfg.get("evaluator") is not None else None
     retrain = cfg.get("retrain") is not None and cfg.retrain.enabled
     if retrain and cfg.get("data") is None:
         raise UserError(
@@ -102,9 +126,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     def load_data() -> DataModule:
         if cfg.get("data") is None:
             raise UserError("this run needs data (data=digits, data=cifar10, ...)")
-        loaded = instantiate(cfg.data)
+        loaded = build(cfg, "data")
         console.print(
             f"[bold]data[/] {loaded.describe()}  [bold]device[/] {trainer.device if trainer else '-'}"
+            f"  [bold]threads[/] {threads}",
+            soft_wrap=True,  # one line in logs too
         )
         return loaded
 
@@ -164,6 +190,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
             cutout=cfg.retrain.cutout,
             resume=cfg.resume,
             seed=cfg.seed,
+            shorten_hint=_shorten_retrain_hint(cfg, net_cfg),
         )
         timings["retrain_s"] = time.perf_counter() - t0
         result.update(
@@ -182,11 +209,23 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     result["wall_s"] = timings
     write_json_atomic(run_dir / "result.json", result)
     print_summary(result)
+    console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
     if objective is None:
         raise UserError(
             "no validation accuracy to return: set data.val_portion > 0 for a retrain-only run's objective"
         )
     return float(objective)
+
+
+def _shorten_retrain_hint(cfg: DictConfig, net_cfg: dict[str, Any]) -> str:
+    """The overrides that make a retraining short, for the warning about a long one."""
+    sizes = " ".join(
+        f"retrain.network.{k}=..."
+        for k, v in net_cfg.items()
+        if isinstance(v, int) and not isinstance(v, bool)
+    )
+    smaller = f" and a smaller network ({sizes})" if sizes else ""
+    return f"fewer epochs (trainer.epochs={max(1, int(cfg.trainer.epochs) // 20)}){smaller}, or retrain.enabled=false"
 
 
 def _draw(genotype: Genotype, run_dir: Path) -> None:

@@ -32,7 +32,7 @@ from torch.quasirandom import SobolEngine
 from nasrun.bo import BayesOpt, BOSettings, Direction, Real, SearchSpace
 
 # Runs that end above this regret are counted: on Hartmann6 they sit in a local optimum (the
-# nearest one is at regret 0.12), and issue 3's target for the 75th percentile is 0.05.
+# nearest one is at regret 0.12); docs/benchmarks/bo.md's target for the 75th percentile is 0.05.
 STUCK = 0.05
 
 # BOSettings overrides from --set (e.g. explore_fraction=0.5), for ablations.
@@ -74,7 +74,7 @@ def run_nasrun(
 ) -> tuple[list[float], list[float]]:
     """Values in evaluation order, and seconds per proposed point of each model-based ask.
 
-    ``points``, when given, receives the evaluated points in the same order (``scripts/bo_basins.py``).
+    ``points``, when given, receives the evaluated points in the same order (``docs/benchmarks/bo_basins.py``).
     """
     lo, hi = f.bounds.tolist()
     space = SearchSpace([Real(f"x{i}", lo[i], hi[i]) for i in range(f.dim)])
@@ -188,9 +188,9 @@ def table(rows: list[dict], budget: int) -> Table:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=20, help="seeds 0 .. N-1 (issue 3: 20)")
+    p.add_argument("--seeds", type=int, default=20, help="seeds 0 .. N-1 (the published tables use 20)")
     p.add_argument("--seed-offset", type=int, default=0, help="first seed, to split a run over processes")
-    p.add_argument("--budget", type=int, default=50, help="evaluations per run (issue 3: 50)")
+    p.add_argument("--budget", type=int, default=50, help="evaluations per run (the published tables use 50)")
     p.add_argument("--functions", default="branin,hartmann6")
     p.add_argument("--methods", default="nasrun,sobol,optuna-gp,optuna-tpe")
     p.add_argument("--q", default="1,4", help="batch sizes")

@@ -138,6 +138,12 @@ def test_a_small_sweep_writes_store_results_and_plot(sweep: Callable[..., Any]) 
     )
     assert (sweep_dir / "convergence.png").read_bytes()[:4] == b"\x89PNG"
     assert all((sweep_dir / str(j) / ".hydra" / "overrides.yaml").exists() for j in range(5))
+    # The table of trials, as printed, in a text file: a row per trial, nothing cut short.
+    table = (sweep_dir / "trials.txt").read_text(encoding="utf-8")
+    assert "…" not in table and "COMPLETED" in table
+    rows_shown = [line for line in table.splitlines() if "COMPLETED" in line]
+    assert len(rows_shown) == 5
+    assert all(f"{branin_app.branin(*json.loads(r['params']).values()):.6g}" in table for r in rows)
 
 
 def test_dict_return_with_objective_key(sweep: Callable[..., Any]) -> None:
@@ -208,6 +214,17 @@ def test_misspelt_sweeper_key_fails_at_compose(tmp_path: Path) -> None:
     out = run_app(str(APP), "-m", f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trails=3")
     assert out.returncode != 0 and "n_trails" in out.stderr
     assert not (tmp_path / "trials.sqlite").exists()
+
+
+def test_a_real_sweep_prints_no_import_warnings_and_leaves_its_trial_table(tmp_path: Path) -> None:
+    out = run_app(
+        str(APP), "-m", f"hydra.sweep.dir={tmp_path}", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_initial=2"
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    # GPyTorch's import makes torch warn that torch.jit.script is deprecated; nasrun filters it.
+    assert "jit.script" not in out.stderr and "FutureWarning" not in out.stderr, out.stderr
+    table = (tmp_path / "trials.txt").read_text(encoding="utf-8")
+    assert sum("COMPLETED" in line for line in table.splitlines()) == 3
 
 
 def test_resume_after_sigkill(tmp_path: Path) -> None:
@@ -307,11 +324,15 @@ def test_sweep_preset_on_the_real_nasrun_smoke_experiment(tmp_path: Path) -> Non
     assert all(0.0 <= r["value"] <= 100.0 for r in rows)  # validation accuracy, %
     assert {json.loads(r["params"])["trainer.batch_size"] for r in rows} <= {32, 64}
     assert OmegaConf.load(tmp_path / "optimization_results.yaml").direction == "maximize"
+    assert "jit.script" not in out.stderr, out.stderr
+    table = (tmp_path / "trials.txt").read_text(encoding="utf-8")
+    assert "trainer.batch_size" in table and "…" not in table  # no column cut short
+    assert "trainer.batch_size" in out.stdout and "…" not in out.stdout  # nor on a piped stdout
 
 
 @pytest.mark.slow
 def test_issue_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
-    """The issue's spelling: the space as unquoted ``hydra.sweeper.params.*`` overrides (needs
+    """The README's spelling: the space as unquoted ``hydra.sweeper.params.*`` overrides (needs
     ``nasrun.cli.main`` to pass ``sys.argv`` through ``prepare_sweeper_args``)."""
     pytest.importorskip("nasrun.cli")
     out = run_nasrun(

@@ -1,12 +1,14 @@
 """What a sweep shows and leaves behind: a rich progress bar, a table of trials, and result files.
 
 Files in the sweep folder: ``optimization_results.yaml`` (Hydra's convention: best parameters and
-value) and ``convergence.png`` (best value so far against trials).
+value), ``trials.txt`` (the table of trials as printed) and ``convergence.png`` (best value so far
+against trials).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,10 +18,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nasrun.bo import Direction, SearchSpace, Trial, TrialState
+from nasrun.report.console import get_console
 
 from ._recording import atomic_write
 
-console = Console()
+#: Width of ``trials.txt``: a file has no terminal to fit, so the table keeps its natural width.
+FILE_WIDTH = 1000
 
 
 @contextlib.contextmanager
@@ -32,7 +36,7 @@ def progress(total: int, done: int) -> Iterator[Callable[[int, Trial | None], No
         TextColumn("{task.description}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as bar:
+    with Progress(*columns, console=get_console(), transient=True) as bar:
         task = bar.add_task("", total=total, completed=done)
 
         def advance(n: int, best: Trial | None) -> None:
@@ -45,7 +49,10 @@ def table(trials: list[Trial], best: Trial | None, names: list[str]) -> Table:
     """A rich table with one row per trial; the best one in bold green."""
     t = Table(title="BoTorch sweep", show_lines=False)
     for col in ("trial", "job", "state", "value", *names, "seconds", "error"):
-        t.add_column(col, justify="right" if col in ("trial", "job", "value", "seconds") else "left")
+        # Folded, not cut with an ellipsis, where a narrow terminal squeezes a column.
+        t.add_column(
+            col, justify="right" if col in ("trial", "job", "value", "seconds") else "left", overflow="fold"
+        )
     for tr in trials:
         style = (
             "bold green"
@@ -71,9 +78,12 @@ def table(trials: list[Trial], best: Trial | None, names: list[str]) -> Table:
 def write_results(
     sweep_dir: Path, space: SearchSpace, trials: list[Trial], best: Trial | None, direction: Direction
 ) -> None:
-    """Prints the table and writes ``optimization_results.yaml`` and ``convergence.png``."""
+    """Prints the table and writes ``trials.txt``, ``optimization_results.yaml`` and ``convergence.png``."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    console = get_console()
     console.print(table(trials, best, space.names))
+    text = _plain(table(trials, best, space.names))
+    atomic_write(sweep_dir / "trials.txt", lambda p: Path(p).write_text(text, encoding="utf-8"))
     results = {
         "name": "botorch",
         "direction": Direction(direction).value,
@@ -88,7 +98,14 @@ def write_results(
     atomic_write(sweep_dir / "optimization_results.yaml", lambda p: Path(p).write_text(yaml))
     atomic_write(sweep_dir / "convergence.png", lambda p: _plot(p, trials, direction))
     if best is not None:
-        console.print(f"best value {best.value:.6g} at trial {best.id}: {best.params}")
+        console.print(f"best value {best.value:.6g} at trial {best.id}: {best.params}", soft_wrap=True)
+
+
+def _plain(renderable: Table) -> str:
+    """``renderable`` as plain text (no colours or styles), at its natural width."""
+    buf = io.StringIO()
+    Console(file=buf, width=FILE_WIDTH, color_system=None, force_terminal=False).print(renderable)
+    return buf.getvalue()
 
 
 def _plot(path: str, trials: list[Trial], direction: Direction) -> None:

@@ -17,6 +17,9 @@ class BoTorchSweeper(Sweeper):
 
     def __init__(self, **config: Any) -> None:
         # Imported here, not at module level: discovery (e.g. `nasrun --help`) must not import BoTorch.
+        from nasrun.bo import ignore_import_warnings
+
+        ignore_import_warnings()  # again, here: a caller may have reset the filters since
         from ._core import BoTorchSweeperImpl
 
         self._impl = BoTorchSweeperImpl(BoTorchSweeperConf(**config))

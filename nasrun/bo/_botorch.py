@@ -54,7 +54,7 @@ NOISE_FLOOR = {True: 1e-4, False: 1e-6}
 # objectives; on Hartmann6 centring it on e^-2, e^-6 or e^-8 during the Thompson phase left more
 # runs in the local optimum. "refine", e^-8 (about 3e-4), lets the model nearly interpolate a
 # deterministic objective (noisy=False) while the acquisition refines the best basin; on Hartmann6
-# it cut the median regret at 50 evaluations about four-fold (README's benchmark).
+# it cut the median regret at 50 evaluations about four-fold (docs/benchmarks/bo.md).
 NOISE_PRIOR_LOC = {"explore": -4.0, "refine": -8.0}
 # Local candidates: Gaussian steps around the best observations, as fractions of the unit cube.
 # Half the raw samples go there so the optimiser also refines the incumbent's basin (the global
@@ -62,8 +62,8 @@ NOISE_PRIOR_LOC = {"explore": -4.0, "refine": -8.0}
 LOCAL_SCALES = (0.01, 0.05, 0.2)
 LOCAL_TOP_K = 5
 # Sampled optima behind joint entropy search: posterior draws (pathwise), each maximised with the
-# acquisition optimiser's raw_samples and num_restarts. 16 is what the README's benchmark
-# measured; the time of a proposal grows with it (README: time per proposal).
+# acquisition optimiser's raw_samples and num_restarts. 16 is what docs/benchmarks/bo.md
+# measured; the time of a proposal grows with it (bo.md: time per proposal).
 JES_OPTIMA = 16
 
 

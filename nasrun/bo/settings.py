@@ -51,9 +51,9 @@ class ModelKind(str, Enum):
 class BOSettings:
     """Everything the engine needs besides the search space; every field has a safe default."""
 
-    # nasrun tasks return validation accuracy, higher is better (DESIGN.md: the task returns the metric).
+    # nasrun tasks return validation accuracy, higher is better (the task's return value is the metric).
     direction: Direction = Direction.maximize
-    # Scrambled Sobol points before the first model; None means max(5, 2*d) (issue 3; Snoek et al. 2012 used 2).
+    # Scrambled Sobol points before the first model; None means max(5, 2*d) (Snoek et al. 2012 used 2).
     n_initial: int | None = None
     # Seeds Sobol, the MC base samples and the acquisition optimiser, so a sweep repeats exactly.
     seed: int = 0
@@ -63,10 +63,10 @@ class BOSettings:
     # `exploration` before `acquisition` takes over; needs the budget (the sweeper's n_trials). An
     # improvement criterion climbs only the best basin found so far; exploration also visits the
     # others the model finds plausible. 0.7: picked for Thompson sampling on Hartmann6 seeds 0-19
-    # (README); not retuned for jes.
+    # (docs/benchmarks/bo.md); not retuned for jes.
     explore_fraction: float = 0.7
     # jes: on Hartmann6 (q=1, 80 seeds) median regret 0.0006 with 27 runs outside the global basin,
-    # against 0.0015 and 32 with Thompson sampling (README's benchmark). Spaces with choice()
+    # against 0.0015 and 32 with Thompson sampling (docs/benchmarks/bo.md). Spaces with choice()
     # parameters and model=fully_bayesian use Thompson sampling (the optimum sampler needs a
     # continuous space and a single GP).
     exploration: Exploration = Exploration.jes

@@ -300,7 +300,7 @@ SWEEPER_PARAMS = "hydra.sweeper.params."
 def prepare_sweeper_args(args: Sequence[str]) -> list[str]:
     """Makes ``hydra.sweeper.params.KEY=SPACE`` command-line overrides legal for Hydra 1.3.
 
-    Two rewrites, so users can type the search space as the issue shows it:
+    Two rewrites, so users can type the search space as docs/sweeper.md shows it:
 
     * the value is quoted: Hydra refuses sweep syntax such as ``interval(..)`` in overrides of its
       own ``hydra.*`` keys in multirun mode ("Sweeping over Hydra's configuration is not

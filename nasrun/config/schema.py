@@ -49,9 +49,11 @@ class TrainerConfig:
     lr: float = 0.025
     lr_min: float = 0.0
     momentum: float = 0.9
+    nesterov: bool = False
     weight_decay: float = 3e-4
     grad_clip: float = 5.0
     eval_batch_size: int = 256
+    threads: Any = "auto"  # "auto" or a positive int (OmegaConf has no int | str); checked by Trainer
 
 
 @dataclass
@@ -90,6 +92,10 @@ class DartsSearchConfig:
     arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
     arch_weight_decay: float = 1e-3
     unrolled_eps: float = 0.01
+    # The black-box strategies' budget, declared here so that `nasrun -m search=evolution,bo
+    # search.budget=30` composes: a multirun first composes the default search=darts. DARTS
+    # refuses any value but null (it runs search.epochs epochs).
+    budget: int | None = None
 
 
 @dataclass
@@ -170,6 +176,7 @@ class CifarDataConfig:
     download: bool = True
     val_portion: float = 0.0
     split_seed: int = 0
+    limit: int | None = None
 
 
 @dataclass

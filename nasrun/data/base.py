@@ -11,8 +11,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from rich.markup import escape
 
 from nasrun import UserError
+from nasrun.report.console import get_console
 
 
 @dataclass
@@ -92,6 +94,35 @@ class DataModule:
             f"{self.name}: {len(self.train)} train / {n_val} val / {len(self.test)} test, "
             f"{self.in_channels}x{self.image_size}x{self.image_size}, {self.num_classes} classes"
         )
+
+
+_warned: set[str] = set()
+
+
+def clamp_batch_size(batch_size: int, n: int, key: str, what: str = "training images") -> int:
+    """The batch size to train on ``n`` examples with: ``batch_size``, or ``n`` if that is smaller.
+
+    ``batches`` would yield one batch of all ``n`` examples anyway; the point is to say so. An
+    epoch is then a single step, so a short run learns next to nothing, which a tiny data set
+    with a batch size meant for a large one does without any other sign. The warning is printed
+    once per process for each key and sizes (evaluators train many children with one trainer).
+
+    Args:
+        batch_size: the configured batch size.
+        n: the number of examples to draw batches from.
+        key: the config key of ``batch_size``, named in the warning.
+        what: what the ``n`` examples are, for the warning.
+    """
+    if batch_size <= n or n <= 0:
+        return batch_size
+    message = (
+        f"{key}={batch_size} is larger than the {n} {what}: using batches of {n}, one step per epoch"
+        f" (set a smaller {key})"
+    )
+    if message not in _warned:
+        _warned.add(message)
+        get_console().print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False)
+    return n
 
 
 def batches(

@@ -17,7 +17,9 @@ _STATS = {
 }
 
 
-def _load(name: str, root: str, download: bool) -> tuple[TensorSplit, TensorSplit, int]:
+def _load(
+    name: str, root: str, download: bool, limit: int | None = None
+) -> tuple[TensorSplit, TensorSplit, int]:
     from torchvision import datasets
 
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
@@ -34,27 +36,44 @@ def _load(name: str, root: str, download: bool) -> tuple[TensorSplit, TensorSpli
             f"{name} is not under data.root={path} and could not be downloaded ({reason}); "
             f"put the extracted archive there or run offline with data=digits"
         ) from None
+    if limit is not None and limit <= 0:
+        raise UserError(f"data.limit must be > 0 (or null for all images), got {limit}")
     mean = torch.tensor(_STATS[name][0]).view(1, 3, 1, 1)
     std = torch.tensor(_STATS[name][1]).view(1, 3, 1, 1)
 
     def split(ds) -> TensorSplit:  # type: ignore[no-untyped-def]
-        x = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).float().div_(255.0)
-        return TensorSplit((x - mean) / std, torch.tensor(ds.targets, dtype=torch.int64))
+        images, labels = ds.data[:limit], ds.targets[:limit]  # [:None] keeps all
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        return TensorSplit((x - mean) / std, torch.tensor(labels, dtype=torch.int64))
 
     return split(train), split(test), len(train.classes)
 
 
 def cifar10(
-    root: str = "~/.cache/nasrun", download: bool = True, val_portion: float = 0.0, split_seed: int = 0
+    root: str = "~/.cache/nasrun",
+    download: bool = True,
+    val_portion: float = 0.0,
+    split_seed: int = 0,
+    limit: int | None = None,
 ) -> DataModule:
-    """CIFAR-10; ``val_portion`` of the 50,000 training images may be held out for validation."""
-    train, test, k = _load("cifar10", root, download)
+    """CIFAR-10; ``val_portion`` of the 50,000 training images may be held out for validation.
+
+    ``limit`` keeps only the first ``limit`` training and test images (smoke runs).
+    """
+    train, test, k = _load("cifar10", root, download, limit)
     return DataModule("cifar10", train, test, k, val_portion, split_seed, crop_padding=4, flip=True)
 
 
 def cifar100(
-    root: str = "~/.cache/nasrun", download: bool = True, val_portion: float = 0.0, split_seed: int = 0
+    root: str = "~/.cache/nasrun",
+    download: bool = True,
+    val_portion: float = 0.0,
+    split_seed: int = 0,
+    limit: int | None = None,
 ) -> DataModule:
-    """CIFAR-100, as ``cifar10``."""
-    train, test, k = _load("cifar100", root, download)
+    """CIFAR-100, as ``cifar10``.
+
+    ``limit`` keeps only the first ``limit`` training and test images (smoke runs).
+    """
+    train, test, k = _load("cifar100", root, download, limit)
     return DataModule("cifar100", train, test, k, val_portion, split_seed, crop_padding=4, flip=True)

@@ -53,8 +53,8 @@ def load_table(path: str) -> dict[str, TableRow]:
     Cached per path, so a benchmark script running many searches parses the file once.
 
     Raises:
-        UserError: missing file or column, an unparsable row (named by its line number), a
-            duplicate architecture, or an empty table.
+        UserError: missing file or column, an empty file, a header without rows, an unparsable
+            row (named by its line number) or a duplicate architecture.
     """
     p = Path(path)
     if not p.is_file():
@@ -62,7 +62,9 @@ def load_table(path: str) -> dict[str, TableRow]:
     table: dict[str, TableRow] = {}
     with p.open(newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if reader.fieldnames is None:  # not even a header line
+            raise UserError(f"{p}: empty file (need a header line {','.join(REQUIRED_COLUMNS)} and rows)")
+        missing = [c for c in REQUIRED_COLUMNS if c not in reader.fieldnames]
         if missing:
             raise UserError(f"{p}: missing column {missing[0]!r} (need {', '.join(REQUIRED_COLUMNS)})")
         for row in reader:
@@ -78,7 +80,7 @@ def load_table(path: str) -> dict[str, TableRow]:
                 _number(row["val_acc"], where, "val_acc"), _number(row["test_acc"], where, "test_acc")
             )
     if not table:
-        raise UserError(f"{p}: the table has no rows")
+        raise UserError(f"{p}: no rows (only a header line; the table needs one row per architecture)")
     return table
 
 

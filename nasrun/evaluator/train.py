@@ -7,18 +7,17 @@ cached per architecture, so a repeated query costs nothing.
 
 By default children train one after another in the search process. With ``workers > 1``, the
 children a strategy proposes together (``BlackBoxStrategy.ask_batch``) train concurrently in a
-pool of spawned processes, each with an equal share of the CPU threads (on a GPU they share the
-device). Every child trains from the run's seed wherever it runs, so its score is the one it gets
-in the search process: bit for bit when both use the same number of CPU threads (e.g.
-``OMP_NUM_THREADS=1``), since a CPU kernel may sum in another order with more threads. The
-workers are spawned, so a Python script that runs such a search needs the usual
+pool of spawned processes, each with an equal share of the run's CPU threads (``trainer.threads``;
+on a GPU they share the device). Every child trains from the run's seed wherever it runs, so its
+score is the one it gets in the search process: bit for bit when both use the same number of CPU
+threads (e.g. ``OMP_NUM_THREADS=1``), since a CPU kernel may sum in another order with more
+threads. The workers are spawned, so a Python script that runs such a search needs the usual
 ``if __name__ == "__main__":`` guard (the ``nasrun`` command needs nothing).
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import os
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -30,6 +29,7 @@ from nasrun import UserError
 from nasrun.evaluator.base import Evaluation
 from nasrun.report.results import count_params
 from nasrun.space.genotype import Genotype
+from nasrun.train.threads import apply_threads, resolve_threads
 
 if TYPE_CHECKING:
     from nasrun.data.base import DataModule
@@ -102,7 +102,8 @@ class TrainEvaluator:
         if self._pool is None or self._pool_ctx is not ctx:
             self.close()
             data, trainer = _data_and_trainer(ctx)
-            threads = max(1, _cpu_count() // self.workers)
+            # The run's threads (set by the pipeline from trainer.threads), split among the workers.
+            threads = resolve_threads(torch.get_num_threads(), workers=self.workers)
             # spawn, not fork: a forked child of a process that has started threads (torch's,
             # rich's) or CUDA can deadlock or fail.
             self._pool = ProcessPoolExecutor(
@@ -154,14 +155,6 @@ def _train(
     )
 
 
-def _cpu_count() -> int:
-    """CPUs this process may run on (the affinity mask, where the platform has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 #: A worker process's share of the run: set once by ``_init_worker``, read by every task.
 _WORKER: dict[str, Any] = {}
 
@@ -175,7 +168,7 @@ def _init_worker(
     seed: int,
     threads: int,
 ) -> None:
-    torch.set_num_threads(threads)
+    apply_threads(threads)
     _WORKER.update(space=space, data=data, trainer=trainer, epochs=epochs, network=network, seed=seed)
 
 

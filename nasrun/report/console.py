@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -16,11 +17,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+#: Line width when stdout is not a terminal and ``COLUMNS`` is unset. rich would use 80 and
+#: truncate or wrap tables in log files; a table is only as wide as its content, so a wide limit
+#: pads nothing and keeps a DARTS genotype (about 250 characters) on one line of the summary.
+PIPE_WIDTH = 400
+
 
 @cache
 def get_console() -> Console:
-    """The one console every part of nasrun prints to (stderr stays free for errors)."""
-    return Console()
+    """The one console every part of nasrun prints to (stderr stays free for errors).
+
+    On a terminal rich measures its width; elsewhere (a pipe, a log file, a batch job) the width
+    is ``COLUMNS`` if set, else ``PIPE_WIDTH``.
+    """
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        console.width = PIPE_WIDTH
+    return console
 
 
 @contextmanager

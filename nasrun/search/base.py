@@ -171,6 +171,9 @@ class BlackBoxStrategy(ABC):
         # Wall time continues across a resume instead of restarting at zero.
         t0 = time.perf_counter() - (records[-1]["wall_s"] if records else 0.0)
         console = get_console()
+        # rich draws no progress bar where stdout is not a terminal (a log file, a batch job):
+        # there, one line every `every` evaluations shows that the search is alive.
+        every = max(1, self.budget // 20) if not console.is_terminal else 0
         try:
             with progress_bar("search", total=self.budget, completed=len(records)) as advance:
                 while len(log.records) < self.budget:
@@ -201,6 +204,13 @@ class BlackBoxStrategy(ABC):
                         record["best_val_acc"] = best["val_acc"]
                         log.append(record)
                         advance(1, f"best val {best['val_acc']:.2f}")
+                        done = len(log.records)
+                        if every and (done % every == 0 or done == self.budget):
+                            console.print(
+                                f"search {done}/{self.budget} evaluations, best val_acc "
+                                f"{best['val_acc']:.2f}, {record['wall_s']:.1f}s",
+                                highlight=False,
+                            )
                     # Only now is the strategy's state that of its told architectures: a batch's
                     # asks ran ahead of its tells, so a resume must start again from the batch.
                     save_checkpoint(ckpt_path, {"strategy": self.state_dict(), "history": log.records})

@@ -121,6 +121,9 @@ class BayesianOptimization(BlackBoxStrategy):
     def _acquisition(self, pool: list[Key]) -> torch.Tensor:
         """Log expected improvement of every candidate under a GP fit to the observations."""
         # Heavy imports stay here so that importing the strategy (e.g. for `--help`) is cheap.
+        from nasrun.bo import ignore_import_warnings
+
+        ignore_import_warnings()  # before GPyTorch's first import
         from botorch.acquisition.analytic import LogExpectedImprovement
         from botorch.fit import fit_gpytorch_mll
         from botorch.models import SingleTaskGP

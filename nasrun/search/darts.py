@@ -18,7 +18,7 @@ from torch import nn
 from torch.func import functional_call
 
 from nasrun import UserError
-from nasrun.data.base import TensorSplit
+from nasrun.data.base import TensorSplit, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
 from nasrun.search.base import HistoryLog, SearchContext, SearchResult
 from nasrun.space.base import SearchSpace
@@ -107,8 +107,10 @@ class DartsStepper:
         try:
             loss, logits = self._loss(x_train, y_train)
             if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"search: loss became {float(loss.detach())}; the last epoch's checkpoint is intact (try a lower search.lr)"
+                # The schedule steps once per finished epoch (and is restored on resume), so it
+                # counts the epochs before this one: those the search has checkpointed.
+                raise NonFiniteLossError.in_epoch(
+                    "search", float(loss.detach()), self.sched.last_epoch, "search.lr"
                 )
             self.w_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,7 +187,8 @@ class DartsSearch:
     """The DARTS search loop: epochs of steps, a genotype derived after each epoch.
 
     Defaults are the DARTS paper's CIFAR-10 search protocol (Liu et al. 2019, Sec. 3.1 and the
-    reference code); see ``conf/search/darts.yaml``.
+    reference code); see ``conf/search/darts.yaml``. ``budget`` exists only so that the black-box
+    strategies' ``search.budget`` composes in a multirun over strategies; a value is refused.
     """
 
     def __init__(
@@ -205,7 +208,13 @@ class DartsSearch:
         arch_betas: Sequence[float] = (0.5, 0.999),
         arch_weight_decay: float = 1e-3,
         unrolled_eps: float = 0.01,
+        budget: int | None = None,
     ):
+        if budget is not None:
+            raise UserError(
+                f"search.budget={budget}: DARTS has no evaluation budget (it trains a supernet for "
+                "search.epochs epochs); the budget is for the black-box strategies (search=random_search, ...)"
+            )
         if order not in (1, 2):
             raise UserError(f"search.order={order}: must be 1 (first order) or 2 (second order)")
         if epochs <= 0:
@@ -266,7 +275,11 @@ class DartsSearch:
             set_rng_state(state["rng"])
             start, records, wall = state["epoch"], state["history"], state["wall_s"]
         log = HistoryLog(ctx.run_dir / "history.jsonl", records)
-        steps = -(-min(len(w_half), len(a_half)) // self.batch_size)  # zip stops at the shorter half
+        n_half = min(len(w_half), len(a_half))  # zip stops at the shorter half
+        batch_size = clamp_batch_size(
+            self.batch_size, n_half, "search.batch_size", "images in each half of the search data"
+        )
+        steps = -(-n_half // batch_size)
         console = get_console()
         augment = data.augment()
         with progress_bar("search", total=self.epochs * steps, completed=start * steps) as advance:
@@ -274,12 +287,8 @@ class DartsSearch:
                 t0 = time.perf_counter()
                 stepper.model.train()
                 loss_sum, correct, n = 0.0, 0, 0
-                train_it = trainer.batches(
-                    w_half, self.batch_size, epoch_generator(self.seed, epoch, 0), augment
-                )
-                val_it = trainer.batches(
-                    a_half, self.batch_size, epoch_generator(self.seed, epoch, 1), augment
-                )
+                train_it = trainer.batches(w_half, batch_size, epoch_generator(self.seed, epoch, 0), augment)
+                val_it = trainer.batches(a_half, batch_size, epoch_generator(self.seed, epoch, 1), augment)
                 for (xt, yt), (xv, yv) in zip(train_it, val_it):
                     loss, c = stepper.step(xt, yt, xv, yv)
                     loss_sum += loss * yt.numel()

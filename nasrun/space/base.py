@@ -42,8 +42,12 @@ class SearchSpace(Protocol):
         """Inverse of ``decode``."""
         ...
 
-    def validate(self, genotype: Genotype) -> None:
-        """Raise ``GenotypeError`` naming the first problem if the genotype is not in this space."""
+    def validate(self, genotype: Genotype, sized: bool = True) -> None:
+        """Raise ``GenotypeError`` naming the first problem if the genotype is not in this space.
+
+        ``sized=False`` skips the checks of the space's own size (its node count, say), for a
+        cell that is retrained as given.
+        """
         ...
 
     def describe(self, genotype: Genotype) -> str:

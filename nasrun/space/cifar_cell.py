@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nasrun import UserError
-from nasrun.space.genotype import Genotype, GenotypeError
+from nasrun.space.genotype import Genotype, GenotypeError, check_space
 from nasrun.space.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, check_op, make_op
 
 
@@ -255,16 +255,23 @@ class CifarCellSpace:
                 out += [j1, j2, self.choosable_ops.index(o1), self.choosable_ops.index(o2)]
         return out
 
-    def validate(self, genotype: Genotype) -> None:
-        """Raise ``GenotypeError`` naming the first edge or key that does not fit this space."""
-        expected = 2 * self.nodes
+    def validate(self, genotype: Genotype, sized: bool = True) -> None:
+        """Raise ``GenotypeError`` naming the first edge or key that does not fit this space.
+
+        Args:
+            genotype: the genotype to check.
+            sized: also require ``space.nodes`` nodes per cell. ``False`` checks only the cell
+                family's rules, each cell with its own node count (a cell retrained as given).
+        """
+        check_space(genotype, self.name)
         for cell, edges, concat in (
             ("normal", genotype.normal, genotype.normal_concat),
             ("reduce", genotype.reduce, genotype.reduce_concat),
         ):
-            if len(edges) != expected:
+            nodes = self.nodes if sized else max(1, len(edges) // 2)
+            if len(edges) != 2 * nodes:
                 raise GenotypeError(
-                    f"genotype.{cell}: expected {expected} edges (2 per node, {self.nodes} nodes), got {len(edges)}"
+                    f"genotype.{cell}: expected {2 * nodes} edges (2 per node, {nodes} nodes), got {len(edges)}"
                 )
             for k, (op, j) in enumerate(edges):
                 check_op(op, f"genotype.{cell}[{k}]")
@@ -279,10 +286,10 @@ class CifarCellSpace:
                     raise GenotypeError(
                         f"genotype.{cell}[{k}]: node {node} cannot take input {j} (must be < {node})"
                     )
-            bad = [c for c in concat if not 2 <= c < 2 + self.nodes]
+            bad = [c for c in concat if not 2 <= c < 2 + nodes]
             if bad or not concat:
                 raise GenotypeError(
-                    f"genotype.{cell}_concat: {list(concat)} must list nodes in 2..{self.nodes + 1}"
+                    f"genotype.{cell}_concat: {list(concat)} must list nodes in 2..{nodes + 1}"
                 )
 
     def describe(self, genotype: Genotype) -> str:
@@ -302,8 +309,11 @@ class CifarCellSpace:
         layers: int | None = None,
         auxiliary: bool = False,
     ) -> CifarCellNetwork:
-        """The discrete network; ``channels``/``layers`` default to the search size."""
-        self.validate(genotype)
+        """The discrete network; ``channels``/``layers`` default to the search size.
+
+        The cells take their node count from ``genotype``, whatever ``space.nodes`` says.
+        """
+        self.validate(genotype, sized=False)
         return CifarCellNetwork(
             genotype,
             C=channels or self.channels,

@@ -136,6 +136,22 @@ class Genotype:
         return cls.from_dict(data, where=str(p))
 
 
+def check_space(genotype: Genotype, space: str, where: str = "genotype") -> None:
+    """Raise unless ``genotype`` belongs to the search space named ``space``.
+
+    The two spaces' genotypes share one file format, so a genotype of the other space could
+    otherwise pass as far as an error about its edge count, which says nothing of the real cause.
+
+    Raises:
+        GenotypeError: naming both spaces and the override that selects the genotype's own.
+    """
+    if genotype.space != space:
+        raise GenotypeError(
+            f"{where}: belongs to space {genotype.space!r}, not {space!r} "
+            f"(select its space with space={genotype.space})"
+        )
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON through a temporary file and rename, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)

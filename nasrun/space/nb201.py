@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from nasrun import UserError
-from nasrun.space.genotype import Genotype, GenotypeError
+from nasrun.space.genotype import Genotype, GenotypeError, check_space
 from nasrun.space.ops import OPS, ReLUConvBN
 
 #: The benchmark's candidate ops, in its own order (the index is the decision value).
@@ -178,14 +178,14 @@ class NB201Space:
         self.validate(genotype)
         return [NB201_OPS.index(op) for op, _ in genotype.normal]
 
-    def validate(self, genotype: Genotype) -> None:
+    def validate(self, genotype: Genotype, sized: bool = True) -> None:
+        """Raise ``GenotypeError`` if ``genotype`` is not an NAS-Bench-201 cell (every cell has one size)."""
         self.check(genotype)
 
     @staticmethod
     def check(genotype: Genotype, where: str = "genotype") -> None:
         """``validate`` with a caller-chosen source name in the message."""
-        if genotype.space != "nb201":
-            raise GenotypeError(f"{where}: belongs to space {genotype.space!r}, not 'nb201'")
+        check_space(genotype, "nb201", where)
         if len(genotype.normal) != len(EDGE_INPUTS):
             raise GenotypeError(f"{where}: an nb201 cell has 6 edges, got {len(genotype.normal)}")
         for i, ((op, inp), want) in enumerate(zip(genotype.normal, EDGE_INPUTS, strict=True)):

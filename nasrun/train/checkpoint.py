@@ -32,13 +32,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt files
-        raise UserError(
-            f"cannot read checkpoint {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}"
-        ) from None
+    except Exception:  # torch raises several types for corrupt files
+        # torch's own text for these errors advises weights_only=False, which would run
+        # arbitrary code from the file: never pass that advice on.
+        raise UserError(_damaged(path)) from None
     if not isinstance(state, dict):
-        raise UserError(f"cannot read checkpoint {path}: not a nasrun checkpoint")
+        raise UserError(_damaged(path))
     return state
+
+
+def _damaged(path: Path) -> str:
+    """The one-line report of a checkpoint that cannot be used, and what to do about it."""
+    return (
+        f"checkpoint {path} is damaged or not a nasrun checkpoint: delete it to start that phase "
+        "again, or choose another hydra.run.dir"
+    )
 
 
 def rng_state() -> dict[str, Any]:

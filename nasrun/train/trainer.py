@@ -20,13 +20,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasrun import UserError
-from nasrun.data.base import DataModule, TensorSplit, batches
+from nasrun.data.base import DataModule, TensorSplit, batches, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
 from nasrun.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nasrun.train.duration import DurationCheck
+from nasrun.train.threads import parse_threads
 
 
 class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    @classmethod
+    def in_epoch(
+        cls, phase: str, value: float, epoch: int, lr_key: str, checkpoints: bool = True
+    ) -> NonFiniteLossError:
+        """The error for a non-finite loss in epoch ``epoch`` (counted from 0) of ``phase``.
+
+        Args:
+            phase: the phase's name (``search``, ``retrain``).
+            value: the loss.
+            epoch: the failing epoch, counted from 0; epochs before it have been checkpointed.
+            lr_key: the config key of the phase's learning rate, suggested as the fix.
+            checkpoints: whether the phase writes checkpoints at all.
+        """
+        if not checkpoints:
+            state = ""
+        elif epoch == 0:
+            # Nothing to resume from: saying "the checkpoint of epoch 0 is intact" would send the
+            # user looking for a file that was never written.
+            state = "; no epoch completed, so there is no checkpoint yet: start the run again"
+        else:
+            state = f"; the checkpoint of epoch {epoch} is intact"
+        return cls(f"{phase}: loss became {value} in epoch {epoch + 1}{state} (try a lower {lr_key})")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -69,9 +94,13 @@ class Trainer:
         lr: initial SGD learning rate, annealed by a cosine schedule to ``lr_min``.
         lr_min: final learning rate.
         momentum: SGD momentum.
+        nesterov: Nesterov momentum instead of the plain heavy-ball form.
         weight_decay: SGD weight decay.
         grad_clip: clip the gradient norm to this (0 = off).
         eval_batch_size: batch size for evaluation passes.
+        threads: CPU threads per process: ``auto`` (this process's cores divided by the jobs the
+            launcher runs at once, or ``OMP_NUM_THREADS`` if set) or a positive int; applied by the
+            pipeline when a run starts (``nasrun.train.threads``).
     """
 
     def __init__(
@@ -85,9 +114,11 @@ class Trainer:
         lr: float = 0.025,
         lr_min: float = 0.0,
         momentum: float = 0.9,
+        nesterov: bool = False,
         weight_decay: float = 3e-4,
         grad_clip: float = 5.0,
         eval_batch_size: int = 256,
+        threads: int | str = "auto",
     ):
         if amp not in ("none", "bf16"):
             raise UserError(f"trainer.amp={amp!r}: must be 'none' or 'bf16'")
@@ -100,6 +131,8 @@ class Trainer:
                 raise UserError(f"trainer.{key}={value}: must be > 0")
         if not lr > 0 or lr_min < 0 or lr_min > lr:
             raise UserError(f"trainer.lr={lr} / trainer.lr_min={lr_min}: need 0 <= lr_min <= lr and lr > 0")
+        if nesterov and not momentum > 0:
+            raise UserError(f"trainer.nesterov=true needs trainer.momentum > 0, got {momentum}")
         self.device = resolve_device(device)
         self.amp = amp
         self.channels_last = channels_last
@@ -109,9 +142,12 @@ class Trainer:
         self.lr = lr
         self.lr_min = lr_min
         self.momentum = momentum
+        self.nesterov = nesterov
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.eval_batch_size = eval_batch_size
+        parse_threads(threads)  # UserError naming trainer.threads
+        self.threads = threads
         # Running loss sums; Apple's MPS backend has no float64.
         self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
@@ -213,6 +249,7 @@ class Trainer:
         resume: bool = False,
         seed: int = 0,
         quiet: bool = False,
+        shorten_hint: str = "trainer.epochs=N",
     ) -> dict[str, Any]:
         """Train ``model`` with SGD and a cosine schedule; evaluate on val and test every epoch.
 
@@ -231,6 +268,8 @@ class Trainer:
             resume: continue from the phase's checkpoint if present.
             seed: seeds shuffling and augmentation (per epoch, so resumes replay exactly).
             quiet: no progress bar or epoch lines (evaluators training many children).
+            shorten_hint: the config keys that shorten this phase, named in the warning printed
+                when its first steps show that it will take long (``DurationCheck``).
 
         Returns:
             Final-epoch metrics: ``train_loss``, ``train_acc``, ``val_loss``/``val_acc`` (when a
@@ -245,7 +284,11 @@ class Trainer:
         module = model
         model = self.prepare(module)
         opt = torch.optim.SGD(
-            module.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+            module.parameters(),
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
         )
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs, eta_min=self.lr_min)
         ckpt = run_dir / "checkpoints" / f"{phase}.pt" if run_dir is not None else None
@@ -259,12 +302,25 @@ class Trainer:
             start, records, wall = state["epoch"], state["history"], state["wall_s"]
         log = HistoryLog(run_dir / f"{phase}_history.jsonl", records) if run_dir is not None else None
         augment = data.augment(cutout)
+        batch_size = clamp_batch_size(self.batch_size, len(data.train), "trainer.batch_size")
         console = get_console()
         metrics: dict[str, Any] = dict(records[-1]) if records else {}
         bar = (
             progress_bar(phase, total=n_epochs, completed=start)
             if not quiet
             else contextlib.nullcontext(lambda n, s: None)
+        )
+        check = (
+            DurationCheck(
+                phase,
+                steps_per_epoch=math.ceil(len(data.train) / batch_size),
+                epochs=n_epochs - start,
+                hint=shorten_hint,
+                device=str(self.device),
+                sync=torch.cuda.synchronize if self.device.type == "cuda" else None,
+            )
+            if not quiet
+            else None
         )
         with bar as advance:
             for epoch in range(start, n_epochs):
@@ -277,8 +333,10 @@ class Trainer:
                 correct_sum = torch.zeros((), dtype=torch.int64, device=self.device)
                 n = 0
                 gen = epoch_generator(seed, epoch)
-                for x, y in self.batches(data.train, self.batch_size, gen, augment):
+                for x, y in self.batches(data.train, batch_size, gen, augment):
                     loss, logits = self.train_step(model, module, opt, x, y, aux_weight)
+                    if check is not None:
+                        check.step()
                     loss_sum += loss.to(self._sum_dtype) * y.numel()
                     correct_sum += (logits.argmax(1) == y).sum()
                     n += int(y.numel())
@@ -286,9 +344,8 @@ class Trainer:
                 if not math.isfinite(train_loss):
                     # Checked once per epoch; the epoch's checkpoint is not written, so the last
                     # good one stays.
-                    raise NonFiniteLossError(
-                        f"{phase}: loss became {train_loss} in epoch {epoch + 1}; the checkpoint of epoch {epoch} is intact"
-                        " (try a lower trainer.lr)"
+                    raise NonFiniteLossError.in_epoch(
+                        phase, train_loss, epoch, "trainer.lr", checkpoints=ckpt is not None
                     )
                 sched.step()
                 wall += time.perf_counter() - t0

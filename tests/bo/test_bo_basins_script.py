@@ -1,4 +1,4 @@
-"""scripts/bo_basins.py labels points by the Hartmann6 basin a local descent from them ends in."""
+"""docs/benchmarks/bo_basins.py labels points by the Hartmann6 basin a local descent from them ends in."""
 
 import importlib.util
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from botorch.test_functions import Hartmann
 
-SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "bo_basins.py"
 # Hartmann6's second-deepest minimum, -3.2032 (regret 0.12), where stuck runs end.
 LOCAL_MIN = [0.4047, 0.8824, 0.8461, 0.5740, 0.1389, 0.0385]
 
@@ -15,14 +15,14 @@ LOCAL_MIN = [0.4047, 0.8824, 0.8461, 0.5740, 0.1389, 0.0385]
 def bo_basins():
     import sys
 
-    sys.path.insert(0, str(SCRIPTS))  # the script imports its sibling bench_bo
+    saved = list(sys.path)  # the script puts scripts/ on the path to import bench_bo
     try:
-        spec = importlib.util.spec_from_file_location("bo_basins", SCRIPTS / "bo_basins.py")
+        spec = importlib.util.spec_from_file_location("bo_basins", SCRIPT)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:
-        sys.path.remove(str(SCRIPTS))
+        sys.path[:] = saved
     return module
 
 
@@ -57,3 +57,15 @@ def test_uniform_shares_count_points_off_the_plateau_by_basin(bo_basins):
     assert 0 < below_1 < below_05 < 0.5
     # Most of them drain to the global minimum, but not all (the local basin takes a third).
     assert 0.3 < global_1 < 1 and 0.3 < global_05 < 1
+
+
+def test_the_script_runs_from_the_repository_root():
+    import subprocess
+    import sys
+
+    root = SCRIPT.parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT.relative_to(root)), "--help"], cwd=root, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--uniform" in proc.stdout

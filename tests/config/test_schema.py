@@ -109,6 +109,8 @@ def test_default_configs_still_instantiate(
 
 def test_tabular_evaluator_keeps_its_global_settings(compose_cfg) -> None:
     cfg = compose_cfg("evaluator=tabular")
-    assert cfg.retrain.enabled is False and cfg.data is None
+    assert cfg.retrain.enabled is False  # a table is the result; no images are loaded unless retraining
+    again = compose_cfg("evaluator=tabular", "retrain.enabled=true", "data=digits")
+    assert again.retrain.enabled is True and again.data.image_size == 16
     assert OmegaConf.is_missing(cfg.evaluator, "table")
     assert OmegaConf.get_type(cfg.evaluator) is schema.TabularEvaluatorConfig

@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from torchvision.datasets import cifar as cifar_module
 
 from nasrun import UserError
 from nasrun.data.base import Augment, augment_batch
 from nasrun.data.cifar import cifar10
-
-
-def _write_cifar10(root: Path, per_batch: int = 6) -> np.ndarray:
-    """A `cifar-10-batches-py` folder in the original pickle format (5 train batches + test)."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    first = None
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)  # rows: R plane, G, B
-        first = data if first is None else first
-        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
-        with open(folder / name, "wb") as f:
-            pickle.dump({"data": data, "labels": labels}, f)
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": [f"class{i}" for i in range(10)]}, f)
-    return first
+from tests.data.cifar_files import trust_local_files, write_cifar10
 
 
 def test_cifar10_loads_through_torchvision(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    raw = _write_cifar10(tmp_path)
-    # The files are ours, so torchvision's MD5 check of the real archive cannot pass; all else is real.
-    monkeypatch.setattr(cifar_module, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    raw = write_cifar10(tmp_path)
+    trust_local_files(monkeypatch)
     data = cifar10(root=str(tmp_path), download=False, val_portion=0.2)
     assert data.num_classes == 10 and data.in_channels == 3 and data.image_size == 32
     assert len(data.train) + len(data.val) == 30 and len(data.test) == 6

@@ -49,6 +49,7 @@ def _write(tmp_path: Path, text: str) -> str:
         (f"arch,val_acc,test_acc\n{ROW},high,2\n", "line 2: val_acc is not a number"),
         (f"arch,val_acc,test_acc\n{ROW},1,2\n{ROW},1,2\n", "line 3: duplicate architecture"),
         ("arch,val_acc,test_acc\n", "no rows"),
+        ("", "empty file"),
     ],
 )
 def test_bad_tables_give_one_line_naming_file_and_row(tmp_path: Path, text: str, message: str) -> None:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+from nasrun.data.synthetic import synthetic
+from nasrun.search.base import SearchContext
 from nasrun.search.darts import DartsSearch
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.train.trainer import Trainer
+from nasrun.train.trainer import NonFiniteLossError, Trainer
 
 
 def _tiny_stepper(order: int, unrolled_eps: float = 0.01):
@@ -78,3 +83,45 @@ def test_first_order_step_moves_alphas_and_weights() -> None:
     assert any(not torch.equal(a, b) for a, b in zip(a0, stepper.alphas))
     assert not torch.equal(w0, stepper.weights[0])
     assert all(a.requires_grad for a in stepper.alphas)
+
+
+def _nan_data():
+    data = synthetic(n_train=32, n_test=8, image_size=8, in_channels=2, num_classes=3, val_portion=0.0)
+    data.train.x.fill_(float("nan"))
+    return data
+
+
+def test_nan_in_the_first_search_epoch_says_there_is_no_checkpoint_yet(tmp_path: Path) -> None:
+    space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "skip_connect", "sep_conv_3x3"])
+    search = DartsSearch(space, seed=0, epochs=2, batch_size=8)
+    ctx = SearchContext(space=space, run_dir=tmp_path, data=_nan_data(), trainer=Trainer(device="cpu"))
+    with pytest.raises(NonFiniteLossError) as info:
+        search.run(ctx)
+    message = str(info.value)
+    assert "search: loss became nan in epoch 1" in message and "no checkpoint yet" in message
+    assert "search.lr" in message and "is intact" not in message
+    assert not (tmp_path / "checkpoints" / "search.pt").exists()
+
+
+def test_nan_in_a_later_search_epoch_names_the_intact_checkpoint() -> None:
+    stepper = _tiny_stepper(order=1)
+    y = torch.zeros(4, dtype=torch.int64)
+    x = torch.randn(4, 2, 8, 8, dtype=torch.float64)
+    stepper.step(x, y, x, y)  # epoch 1 goes well,
+    stepper.sched.step()  # and ends as in the search loop
+    x = torch.full((4, 2, 8, 8), float("nan"), dtype=torch.float64)
+    with pytest.raises(
+        NonFiniteLossError, match="loss became nan in epoch 2; the checkpoint of epoch 1 is intact"
+    ):
+        stepper.step(x, y, x, y)
+
+
+def test_search_batch_size_larger_than_the_halves_is_clamped_with_a_warning(tmp_path: Path, capsys) -> None:
+    data = synthetic(n_train=20, n_test=4, image_size=8, in_channels=2, num_classes=3, val_portion=0.0)
+    space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "skip_connect", "sep_conv_3x3"])
+    search = DartsSearch(space, seed=0, epochs=1, batch_size=500)
+    ctx = SearchContext(space=space, run_dir=tmp_path, data=data, trainer=Trainer(device="cpu"))
+    result = search.run(ctx)
+    assert result.history[0]["train_loss"] > 0  # a step was taken on the 10-image half
+    out = capsys.readouterr().out
+    assert "search.batch_size=500 is larger than the 10 images in each half" in out

@@ -95,3 +95,37 @@ def test_train_evaluator_workers_give_the_same_search(compose_cfg, tmp_path: Pat
     assert {k: v for k, v in results[1].items() if k != "wall_s"} == {
         k: v for k, v in results[0].items() if k != "wall_s"
     }
+
+
+def test_tabular_search_then_real_retraining_of_the_chosen_cell(
+    compose_cfg, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented path from a table look-up search to training the chosen cell on images."""
+    from tests.data.cifar_files import trust_local_files, write_cifar10
+    from tests.evaluator.nb201_tables import write_nb201_table
+
+    table = write_nb201_table(tmp_path / "table.csv")
+    write_cifar10(tmp_path / "data", per_batch=20)
+    trust_local_files(monkeypatch)
+    overrides = [
+        "search=evolution",
+        "space=nb201",
+        "evaluator=tabular",
+        f"evaluator.table={table}",
+        "retrain.enabled=true",
+        "data=cifar10",
+    ]
+    full = compose_cfg(*overrides)
+    # The space picks its own retraining recipe: the benchmark's network and training set-up.
+    assert full.retrain.network == {"channels": 16, "cells": 5}
+    assert (full.trainer.epochs, full.trainer.batch_size, full.trainer.lr, full.trainer.nesterov) == (
+        200,
+        256,
+        0.1,
+        True,
+    )
+    cfg = compose_cfg(*overrides, "experiment=smoke", f"data.root={tmp_path / 'data'}", "data.download=false")
+    run(cfg, tmp_path / "run")
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["space"] == "nb201" and result["epochs"] == 1 and result["params"] > 0
+    assert (tmp_path / "run" / "checkpoints" / "retrain.pt").is_file()

@@ -11,6 +11,7 @@ from nasrun.space.base import mutate_genotype, sample_genotype
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.cifar_cell_supernet import CifarCellSupernet
 from nasrun.space.genotype import Genotype, GenotypeError
+from nasrun.space.nb201 import NB201Space
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:
@@ -75,6 +76,23 @@ def test_space_rejects_unknown_op_and_bad_inputs() -> None:
     )
     with pytest.raises(GenotypeError, match="node 2 cannot take input 2"):
         space.validate(bad_input)
+
+
+def test_each_space_refuses_the_other_spaces_genotype_and_says_how_to_select_it() -> None:
+    nb201, cifar = NB201Space(), CifarCellSpace()
+    nb201_genotype = sample_genotype(nb201, random.Random(0))
+    with pytest.raises(
+        GenotypeError,
+        match=r"belongs to space 'nb201', not 'cifar_cell' \(select its space with space=nb201\)",
+    ):
+        cifar.validate(nb201_genotype)
+    with pytest.raises(GenotypeError, match="belongs to space 'cifar_cell', not 'nb201'.*space=cifar_cell"):
+        nb201.validate(sample_genotype(cifar, random.Random(0)))
+    # A genotype that fits the cell space's structure is still refused if it says it is nb201's.
+    g = sample_genotype(cifar, random.Random(1))
+    relabelled = Genotype(g.normal, g.normal_concat, g.reduce, g.reduce_concat, space="nb201")
+    with pytest.raises(GenotypeError, match="belongs to space 'nb201'"):
+        cifar.validate(relabelled)
 
 
 def test_derivation_keeps_two_strongest_edges_with_their_best_non_none_op() -> None:

@@ -54,3 +54,30 @@ def test_fit_learns_and_reports_final_epoch_metrics() -> None:
     # Random labels can only be memorised: the training accuracy must approach 100 %.
     assert metrics["train_acc"] > 90.0 and metrics["epochs"] == 30
     assert {"val_acc", "test_acc", "train_loss"} <= set(metrics)
+
+
+def test_nan_in_the_first_epoch_says_there_is_no_checkpoint_yet(tmp_path: Path) -> None:
+    data = synthetic(n_train=64, n_test=16, image_size=8, num_classes=4, val_portion=0.25)
+    trainer = Trainer(device="cpu", epochs=3, batch_size=16)
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(GoesNaN(healthy_calls=0), data, run_dir=tmp_path, phase="retrain", quiet=True)
+    message = str(info.value)
+    assert "loss became nan in epoch 1" in message and "no checkpoint yet" in message
+    assert "start the run again" in message and "trainer.lr" in message
+    assert "is intact" not in message and "epoch 0" not in message
+    assert not (tmp_path / "checkpoints" / "retrain.pt").exists()
+
+
+def test_batch_size_larger_than_the_training_split_is_clamped_with_a_warning(capsys) -> None:
+    data = synthetic(n_train=40, n_test=8, image_size=8, num_classes=4, val_portion=0.25)  # 30 train
+    trainer = Trainer(device="cpu", epochs=2, batch_size=1000, lr=0.05)
+    sizes: list[int] = []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4))
+    model.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]) if m.training else None)
+    trainer.fit(model, data, quiet=True)
+    assert sizes == [30, 30]  # one step of all 30 images per epoch
+    out = capsys.readouterr().out
+    assert "trainer.batch_size=1000 is larger than the 30 training images" in out
+    assert "using batches of 30" in out
+    trainer.fit(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)), data, quiet=True)
+    assert "trainer.batch_size" not in capsys.readouterr().out  # said once, not per fit

@@ -1,0 +1,171 @@
+"""Checks on the run folder before Hydra writes anything into it.
+
+Hydra saves the composed config into ``<run dir>/.hydra/`` before it calls the task, so a check
+made inside the task comes too late to leave a refused folder untouched. ``RunFolderGuard`` is a
+Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``) that runs first and refuses:
+
+- a run folder that cannot be created or written;
+- a fresh run (``resume=false``) into a folder that already holds checkpoints;
+- ``resume=true`` where there is nothing to resume (no folder, or no checkpoints in it);
+- ``resume=true`` with settings that differ from the ones the folder was made with, where the
+  difference changes results. Settings that only extend the run (a larger ``search.budget``,
+  retraining turned on after a search-only run) or never change results (threads, device,
+  evaluation batch size, data location) are allowed, and the extensions are announced.
+
+Hydra's callbacks turn exceptions into warnings, so a refusal prints one line and exits with
+status 2 through ``SystemExit``. Single runs only: a sweep's jobs get fresh numbered folders, and
+the sweeper resumes its own trials.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+#: Settings that never change what a run computes, only where or how fast.
+NEUTRAL_KEYS = frozenset(
+    {
+        "resume",
+        "trainer.threads",
+        "trainer.device",
+        "trainer.eval_batch_size",
+        "evaluator.workers",
+        "data.root",
+        "data.download",
+    }
+)
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay whole values."""
+    if not isinstance(node, dict):
+        return {prefix: node}
+    if not node and prefix:
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    """The task config as plain values, resolved where it can be (``${hydra:...}`` cannot yet)."""
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an interpolation that needs the running job: compare as written
+        data = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(data, dict)
+    data.pop("hydra", None)
+    return {str(k): v for k, v in data.items()}
+
+
+def _is_extension(key: str, old: Any, new: Any) -> bool:
+    """Whether changing ``key`` from ``old`` to ``new`` continues the same run further."""
+    if key == "search.budget":
+        return isinstance(old, int) and isinstance(new, int) and new >= old
+    if key == "retrain.enabled":
+        return old is False and new is True  # retrain the searched cell after a search-only run
+    return False
+
+
+def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The differences between a run folder's config and the current one.
+
+    Args:
+        saved: the config the folder was made with (plain, resolved values).
+        current: the config of the run that asks to resume it.
+
+    Returns:
+        ``(refused, extended)``: one ``"key: old -> new"`` string per difference that changes
+        results, and one per difference that only extends the run. Neutral keys are left out.
+    """
+    old, new = _flatten(saved), _flatten(current)
+    refused: list[str] = []
+    extended: list[str] = []
+    for key in sorted(old.keys() | new.keys()):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if a == b or key in NEUTRAL_KEYS:
+            continue
+        (extended if _is_extension(key, a, b) else refused).append(f"{key}: {a} -> {b}")
+    return refused, extended
+
+
+def check_run_folder(run_dir: Path, resume: bool, current: dict[str, Any]) -> list[str]:
+    """Decide whether a run may use ``run_dir``; nothing is written to an existing folder.
+
+    Args:
+        run_dir: the run folder (``hydra.run.dir``).
+        resume: the run's ``resume`` setting.
+        current: the run's task config (plain values), compared with the folder's on resume.
+
+    Returns:
+        The extensions a resume makes (``"key: old -> new"``), to announce.
+
+    Raises:
+        UserError: the folder is unusable for this run; the message says why and what to do.
+    """
+    from nasrun import UserError
+
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"hydra.run.dir={run_dir}: exists and is not a folder")
+    ckpts = run_dir / "checkpoints"
+    has_checkpoints = ckpts.is_dir() and any(ckpts.iterdir())
+    if not resume:
+        if has_checkpoints:
+            raise UserError(
+                f"{run_dir} already holds checkpoints: add resume=true to continue that run, or choose another hydra.run.dir"
+            )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"hydra.run.dir={run_dir}: cannot create the run folder ({e.strerror})") from None
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise UserError(f"hydra.run.dir={run_dir}: the run folder is not writable")
+        return []
+    if not has_checkpoints:
+        where = "does not exist" if not run_dir.exists() else "holds no checkpoints"
+        raise UserError(
+            f"resume=true: nothing to resume, {run_dir} {where}; check hydra.run.dir, or drop resume=true to start a new run"
+        )
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"hydra.run.dir={run_dir}: the run folder is not writable")
+    saved_path = run_dir / ".hydra" / "config.yaml"
+    try:
+        saved = OmegaConf.load(saved_path)
+    except FileNotFoundError:
+        raise UserError(
+            f"resume=true: {saved_path} is missing, so what the folder holds cannot be checked; start a new run in another folder"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - YAML errors come in several types
+        raise UserError(
+            f"resume=true: cannot read {saved_path} ({e.__class__.__name__}); the file is damaged"
+        ) from None
+    assert isinstance(saved, DictConfig)
+    refused, extended = compare_configs(_container(saved), current)
+    if refused:
+        raise UserError(
+            f"resume=true: {run_dir} was made with other settings ({'; '.join(refused)}); these change results: "
+            "resume with the folder's values, or start a new run in another folder"
+        )
+    return extended
+
+
+class RunFolderGuard(Callback):
+    """Hydra callback: ``check_run_folder`` before a single run writes anything."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from nasrun import UserError
+
+        run_dir = Path(str(config.hydra.run.dir)).expanduser()
+        try:
+            extended = check_run_folder(run_dir, bool(config.get("resume")), _container(config))
+        except UserError as e:
+            print(f"nasrun: error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None  # Hydra turns a callback's exceptions into warnings
+        for change in extended:
+            print(f"resume: {change} (extends the run)")

@@ -1,0 +1,115 @@
+"""``experiment=smoke`` composes and finishes with every search, space and offline data set.
+
+The fast suite runs a covering set (every search, every space and every data set at least once,
+and each retraining path); ``-m slow`` runs the whole cross product.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+
+from nasrun import UserError
+from nasrun.cli import config_dir
+from nasrun.pipeline import run
+from nasrun.space.genotype import Genotype
+from tests.data.cifar_files import trust_local_files, write_cifar10, write_cifar100
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+SEARCHES = _options("search")
+SPACES = _options("space")
+DATA = _options("data")  # cifar10/100 run on tiny folders in torchvision's format, written here
+ONE_SHOT = {"darts", "darts_2nd"}  # need a supernet: only space=cifar_cell has one so far
+
+#: Every search, space and data set at least once.
+COVERING = [
+    ("darts", "cifar_cell", "digits"),
+    ("darts_2nd", "cifar_cell", "synthetic"),
+    ("random_search", "nb201", "cifar10"),
+    ("evolution", "cifar_cell", "cifar100"),
+    ("reinforce", "nb201", "digits"),
+    ("pnas", "cifar_cell", "digits"),
+    ("bo", "nb201", "synthetic"),
+]
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "data"
+    write_cifar10(root, per_batch=40)
+    write_cifar100(root, n_train=200, n_test=40)
+    trust_local_files(monkeypatch)
+    return root
+
+
+def _smoke(compose_cfg, run_dir: Path, data_root: Path, *overrides: str) -> dict:
+    cfg = compose_cfg("experiment=smoke", *overrides)
+    if "root" in (cfg.get("data") or {}):
+        cfg.data.root = str(data_root)
+        cfg.data.download = False
+    objective = run(cfg, run_dir)
+    result = json.loads((run_dir / "result.json").read_text())
+    assert 0.0 <= objective <= 100.0
+    assert (run_dir / "genotype.json").is_file() and result["genotype"]
+    return result
+
+
+def test_covering_set_covers_every_option() -> None:
+    assert {s for s, _, _ in COVERING} == set(SEARCHES)
+    assert {s for _, s, _ in COVERING} == set(SPACES)
+    assert {d for _, _, d in COVERING} == set(DATA)
+
+
+@pytest.mark.parametrize(("search", "space", "data"), COVERING)
+def test_smoke_search_and_retrain(compose_cfg, tmp_path: Path, data_root: Path, search, space, data) -> None:
+    result = _smoke(
+        compose_cfg, tmp_path / "run", data_root, f"search={search}", f"space={space}", f"data={data}"
+    )
+    assert result["space"] == space and result["epochs"] == 1  # retrained, one epoch
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("search", "space", "data"),
+    [c for c in itertools.product(SEARCHES, SPACES, DATA) if not (c[0] in ONE_SHOT and c[1] != "cifar_cell")],
+)
+def test_smoke_cross_product(compose_cfg, tmp_path: Path, data_root: Path, search, space, data) -> None:
+    _smoke(compose_cfg, tmp_path / "run", data_root, f"search={search}", f"space={space}", f"data={data}")
+
+
+@pytest.mark.parametrize("search", sorted(ONE_SHOT))
+def test_one_shot_search_on_a_space_without_supernet_is_one_line(
+    compose_cfg, tmp_path: Path, search: str
+) -> None:
+    with pytest.raises(UserError, match=r"search=darts.*supernet.*nb201"):
+        run(compose_cfg("experiment=smoke", f"search={search}", "space=nb201"), tmp_path)
+
+
+@pytest.mark.parametrize("genotype", _options("genotype"))
+def test_smoke_retrains_every_named_genotype(
+    compose_cfg, tmp_path: Path, data_root: Path, genotype: str
+) -> None:
+    result = _smoke(compose_cfg, tmp_path / "run", data_root, "task=retrain", f"genotype={genotype}")
+    # The named cells have 4 nodes; the smoke space's 2 are a search size, not a retraining one.
+    assert result["genotype"].count("~") == 16
+
+
+def test_smoke_retrains_an_nb201_genotype_file(compose_cfg, tmp_path: Path, data_root: Path) -> None:
+    from nasrun.space.nb201 import from_string
+
+    path = tmp_path / "genotype.json"
+    from_string(
+        "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|nor_conv_3x3~2|"
+    ).save(path)
+    result = _smoke(
+        compose_cfg, tmp_path / "run", data_root, "task=retrain", "space=nb201", f"genotype_path={path}"
+    )
+    assert Genotype.load(tmp_path / "run" / "genotype.json").space == "nb201"
+    assert result["params"] > 0

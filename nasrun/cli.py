@@ -22,15 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from nasrun import UserError
-from nasrun.config import register_configs
-
-
-def config_dir() -> Path:
-    """``conf/`` of a source checkout or editable install, else the copy shipped in the wheel."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    if packaged.is_dir():
-        return packaged
-    return Path(__file__).resolve().parent.parent / "conf"
+from nasrun.config import config_dir, register_configs
 
 
 def _user_error(exc: BaseException) -> Exception | None:

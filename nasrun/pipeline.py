@@ -16,12 +16,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nasrun import UserError
+from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
 from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
 from nasrun.report.results import count_flops, count_params, print_summary
+from nasrun.run_folder import write_json_atomic
 from nasrun.search.base import SearchContext, SearchResult
-from nasrun.space.genotype import Genotype, GenotypeError, write_json_atomic
+from nasrun.space.genotype import Genotype, GenotypeError
 from nasrun.train.threads import apply_threads, hydra_launcher, launcher_jobs, resolve_threads
 
 # torch and NumPy take 64-bit seeds, and the per-epoch generators derive seeds from the run's
@@ -61,8 +63,7 @@ def named_genotype(name: str) -> Genotype:
     """The genotype ``conf/genotype/NAME.yaml``, composed and checked as ``genotype=NAME`` would be."""
     from hydra import compose, initialize_config_dir
 
-    from nasrun.cli import config_dir  # also registers the schemas
-
+    register_configs()  # the config files name their schemas, which must be stored before composing
     known = sorted(f.stem for f in (config_dir() / "genotype").glob("*.yaml"))
     if name not in known:
         raise UserError(f"genotype={name}: no such file in conf/genotype/ (options: {', '.join(known)})")

@@ -20,7 +20,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nasrun.cli import config_dir
+from nasrun.config import config_dir
 from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.report.console import get_console
 from nasrun.search.base import SearchContext

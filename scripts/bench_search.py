@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Time whole DARTS search steps (architecture step + weight step) on synthetic data.
+"""Time whole one-shot search steps (architecture step + weight step) on synthetic data.
 
-Runs the same code path as ``nasrun search=darts`` (``DartsSearch.make_stepper`` and
-``DartsStepper.step``) and prints one JSON line: median seconds per step, images per second
-(both batches of a step counted) and peak memory. For performance work, not a test.
+``--search NAME`` composes ``conf/search/NAME.yaml`` as ``nasrun search=NAME`` does and runs the
+same code path (``OneShotSearch.make_stepper`` and ``DartsStepper.step``); it prints one JSON
+line: median seconds per step, images per second (both batches of a step counted) and peak memory
+(CUDA's peak allocated on a GPU, the process's peak RSS on the CPU: run one configuration per
+process to compare RSS). For performance work, not a test.
 
     python scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 \
         --image-size 32 --steps 5 [--order 2] [--device cuda] [--channels-last] [--amp bf16] [--compile]
@@ -19,24 +21,46 @@ import sys
 import time
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
 
+from nasrun.config import config_dir, register_configs
+from nasrun.config.build import build
 from nasrun.data.synthetic import synthetic
-from nasrun.search.darts import DartsSearch
+from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.trainer import Trainer
 
 
+def _compose(overrides: list[str]) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        return compose(config_name="config", overrides=overrides)
+
+
+def one_shot_searches() -> list[str]:
+    """The ``conf/search/`` options that run the one-shot engine."""
+    names = sorted(p.stem for p in (config_dir() / "search").glob("*.yaml"))
+    return [
+        n
+        for n in names
+        if _compose([f"search={n}"]).search._target_ == f"{OneShotSearch.__module__}.OneShotSearch"
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--search", choices=["darts"], default="darts")
+    p.add_argument(
+        "--search", choices=one_shot_searches(), default="darts", help="a one-shot conf/search/ option"
+    )
     p.add_argument("--channels", type=int, default=8)
     p.add_argument("--layers", type=int, default=5)
     p.add_argument("--nodes", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="each of the step's two batches")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, allocator)")
-    p.add_argument("--order", type=int, choices=[1, 2], default=1)
+    p.add_argument("--order", type=int, choices=[1, 2], default=None, help="default: the method's")
     p.add_argument("--device", default="auto")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
@@ -50,7 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile
     )
     space = CifarCellSpace(layers=args.layers, channels=args.channels, nodes=args.nodes)
-    search = DartsSearch(space, seed=0, order=args.order, batch_size=args.batch_size)
+    overrides = [f"search={args.search}", f"search.batch_size={args.batch_size}"]
+    if args.order is not None:
+        overrides.append(f"search.order={args.order}")
+    search = build(_compose(overrides), "search", space=space, seed=0)
     stepper = search.make_stepper(num_classes=10, in_channels=3, trainer=trainer)
     n = args.batch_size * 2 * (args.steps + args.warmup)
     data = synthetic(n_train=n, n_test=1, image_size=args.image_size, val_portion=0.0)
@@ -79,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         json.dumps(
             {
                 "search": args.search,
-                "order": args.order,
+                "order": search.order,
                 "device": str(trainer.device),
                 "threads": torch.get_num_threads(),
                 "channels": args.channels,

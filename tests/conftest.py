@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from nasrun.cli import config_dir
+from nasrun.config import config_dir, register_configs
 
 # Tiny networks run faster on one thread, and results are then bit-identical across runs.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+# Composing conf/ needs the schemas its files name in Hydra's ConfigStore (the CLI stores them too).
+register_configs()
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,3 +57,12 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return run_cli(*args, cwd=tmp_path, timeout=timeout)
 
     return _run
+
+
+def load_script(path: Path) -> ModuleType:
+    """Import a script (``scripts/*.py``, ``docs/benchmarks/*.py``) as a module, by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

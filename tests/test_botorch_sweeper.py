@@ -351,11 +351,13 @@ def test_issue_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
 
 
 def test_slurm_launcher_preset_composes() -> None:
-    cli = pytest.importorskip("nasrun.cli")
+    pytest.importorskip("nasrun.cli")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(version_base="1.3", config_dir=str(cli.config_dir())):
+    from nasrun.config import config_dir
+
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
         cfg = compose(
             "config",
             overrides=["hydra/launcher=slurm_gpu", "hydra/sweeper=botorch"],

@@ -14,7 +14,7 @@ import torch
 
 from nasrun.data.digits import digits
 from nasrun.pipeline import named_genotype
-from nasrun.search.darts import DartsSearch
+from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.trainer import Trainer
 
@@ -38,7 +38,7 @@ def exact_fp32() -> Iterator[None]:
 def _stepper(device: str, order: int = 1, **trainer_kw: object):
     torch.manual_seed(0)
     space = CifarCellSpace(layers=3, channels=8, nodes=2, ops=OPS)
-    search = DartsSearch(space, seed=0, order=order, epochs=4, lr=0.05)
+    search = OneShotSearch(space, seed=0, order=order, epochs=4, lr=0.05)
     return search.make_stepper(num_classes=10, in_channels=1, trainer=Trainer(device=device, **trainer_kw))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nasrun import UserError
-from nasrun.cli import config_dir
+from nasrun.config import config_dir
 from nasrun.pipeline import run
 from nasrun.space.genotype import Genotype
 from tests.data.cifar_files import trust_local_files, write_cifar10, write_cifar100
@@ -26,7 +26,13 @@ def _options(group: str) -> list[str]:
 SEARCHES = _options("search")
 SPACES = _options("space")
 DATA = _options("data")  # cifar10/100 run on tiny folders in torchvision's format, written here
-ONE_SHOT = {"darts", "darts_2nd"}  # need a supernet: only space=cifar_cell has one so far
+ONE_SHOT = {
+    "darts",
+    "darts_2nd",
+    "pc_darts",
+    "darts_plus",
+    "p_darts",
+}  # need a supernet: only space=cifar_cell has one so far
 
 #: Every search, space and data set at least once.
 COVERING = [
@@ -37,6 +43,9 @@ COVERING = [
     ("reinforce", "nb201", "digits"),
     ("pnas", "cifar_cell", "digits"),
     ("bo", "nb201", "synthetic"),
+    ("pc_darts", "cifar_cell", "digits"),
+    ("darts_plus", "cifar_cell", "digits"),
+    ("p_darts", "cifar_cell", "synthetic"),
 ]
 
 
@@ -88,7 +97,7 @@ def test_smoke_cross_product(compose_cfg, tmp_path: Path, data_root: Path, searc
 def test_one_shot_search_on_a_space_without_supernet_is_one_line(
     compose_cfg, tmp_path: Path, search: str
 ) -> None:
-    with pytest.raises(UserError, match=r"search=darts.*supernet.*nb201"):
+    with pytest.raises(UserError, match=r"one-shot search needs a space with a supernet; space .nb201."):
         run(compose_cfg("experiment=smoke", f"search={search}", "space=nb201"), tmp_path)
 
 

@@ -7,8 +7,6 @@ Kept apart from ``_core`` so that process launchers (joblib, submitit), which un
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import TaskFunction
 from omegaconf import DictConfig
 
+from nasrun.run_folder import write_text_atomic
+
 RESULTS = ".botorch_returns"  # per-job return files, inside the sweep folder
-
-
-def atomic_write(path: Path, write: Callable[[str], object]) -> None:
-    """Calls ``write(tmp_path)`` then renames, so ``path`` is never seen half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Same folder (rename is atomic only within one file system); a per-process name so that
-    # concurrent writers never share a temporary file.
-    tmp = str(path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}"))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class RecordingTask:
@@ -49,7 +35,7 @@ class RecordingTask:
             text = json.dumps({"return": value})
         except (TypeError, ValueError):
             return value  # not JSON, hence no usable objective: the sweeper reports it from the JobReturn
-        atomic_write(Path(hc.sweep.dir) / RESULTS / f"{hc.job.num}.json", lambda p: Path(p).write_text(text))
+        write_text_atomic(Path(hc.sweep.dir) / RESULTS / f"{hc.job.num}.json", text)
         return value
 
 

@@ -11,6 +11,7 @@ import contextlib
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from omegaconf import OmegaConf
 from rich.console import Console
@@ -19,8 +20,7 @@ from rich.table import Table
 
 from nasrun.bo import Direction, SearchSpace, Trial, TrialState
 from nasrun.report.console import get_console
-
-from ._recording import atomic_write
+from nasrun.run_folder import atomic_write, write_text_atomic
 
 #: Width of ``trials.txt``: a file has no terminal to fit, so the table keeps its natural width.
 FILE_WIDTH = 1000
@@ -83,7 +83,7 @@ def write_results(
     console = get_console()
     console.print(table(trials, best, space.names))
     text = _plain(table(trials, best, space.names))
-    atomic_write(sweep_dir / "trials.txt", lambda p: Path(p).write_text(text, encoding="utf-8"))
+    write_text_atomic(sweep_dir / "trials.txt", text)
     results = {
         "name": "botorch",
         "direction": Direction(direction).value,
@@ -95,8 +95,8 @@ def write_results(
         "n_failed": sum(t.state is TrialState.FAILED for t in trials),
     }
     yaml = OmegaConf.to_yaml(OmegaConf.create(results))
-    atomic_write(sweep_dir / "optimization_results.yaml", lambda p: Path(p).write_text(yaml))
-    atomic_write(sweep_dir / "convergence.png", lambda p: _plot(p, trials, direction))
+    write_text_atomic(sweep_dir / "optimization_results.yaml", yaml)
+    atomic_write(sweep_dir / "convergence.png", lambda f: _plot(f, trials, direction))
     if best is not None:
         console.print(f"best value {best.value:.6g} at trial {best.id}: {best.params}", soft_wrap=True)
 
@@ -108,7 +108,7 @@ def _plain(renderable: Table) -> str:
     return buf.getvalue()
 
 
-def _plot(path: str, trials: list[Trial], direction: Direction) -> None:
+def _plot(f: BinaryIO, trials: list[Trial], direction: Direction) -> None:
     """Best value so far against trial number; failed trials as red marks on the x axis."""
     import matplotlib
 
@@ -134,5 +134,5 @@ def _plot(path: str, trials: list[Trial], direction: Direction) -> None:
     ax.set_ylabel(f"objective ({Direction(direction).value})")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(f, format="png")
     plt.close(fig)

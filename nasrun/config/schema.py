@@ -76,11 +76,17 @@ class CifarCellSpaceConfig:
 
 
 @dataclass
-class DartsSearchConfig:
-    _target_: str = "nasrun.search.darts.DartsSearch"
+class OneShotSearchConfig:
+    _target_: str = "nasrun.search.oneshot.OneShotSearch"
     _partial_: bool = True
+    edge: Any = None
+    edge_normalisation: bool = False
     order: int = 1
     epochs: int = 50
+    warmup_epochs: int = 0
+    early_stop: Any = None
+    stages: Any = None
+    max_skips: int | None = None
     batch_size: int = 64
     train_portion: float = 0.5
     lr: float = 0.025
@@ -93,8 +99,8 @@ class DartsSearchConfig:
     arch_weight_decay: float = 1e-3
     unrolled_eps: float = 0.01
     # The black-box strategies' budget, declared here so that `nasrun -m search=evolution,bo
-    # search.budget=30` composes: a multirun first composes the default search=darts. DARTS
-    # refuses any value but null (it runs search.epochs epochs).
+    # search.budget=30` composes: a multirun first composes the default search=darts. A one-shot
+    # search refuses any value but null (it runs search.epochs epochs).
     budget: int | None = None
 
 
@@ -216,7 +222,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "retrain": {"retrain_schema": RetrainConfig},
     "space": {"cifar_cell_schema": CifarCellSpaceConfig, "nb201_schema": NB201SpaceConfig},
     "search": {
-        "darts_schema": DartsSearchConfig,
+        "oneshot_schema": OneShotSearchConfig,
         "random_search_schema": RandomSearchConfig,
         "evolution_schema": EvolutionSearchConfig,
         "reinforce_schema": ReinforceSearchConfig,

@@ -3,20 +3,19 @@
 matplotlib is imported inside the functions so that ``import nasrun`` stays fast for commands
 that never draw. Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas directly,
 which needs no global backend and so cannot disturb a caller that chose one (or a headless
-worker that has no display). Every PNG is written to a temporary file in the target folder and
-renamed into place, so a reader (or a crash) never sees half an image.
+worker that has no display). Every PNG is written with ``nasrun.run_folder.atomic_write``, so a
+reader (or a crash) never sees half an image.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nasrun.run_folder import atomic_write
 from nasrun.space.genotype import Edge, Genotype, edges_by_node
 
 if TYPE_CHECKING:
@@ -221,22 +220,8 @@ def plot_training_curves(
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as PNG through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file must live in the target folder: os.replace is only atomic within one
-    # file system. It is created with mode 0666 minus the umask, as open() would create the PNG
-    # itself (tempfile.mkstemp makes it 0600, which the rename would carry over to the result).
-    tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the figure as PNG atomically (``nasrun.run_folder.atomic_write``)."""
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def _no_data(ax: Axes) -> None:

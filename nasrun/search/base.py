@@ -14,7 +14,6 @@ once per batch, so a resume re-asks an unfinished batch and the run stays the sa
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from abc import ABC, abstractmethod
@@ -26,9 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nasrun import UserError
 from nasrun.evaluator.base import ParallelEvaluator
 from nasrun.report.console import get_console, progress_bar
+from nasrun.run_folder import HistoryLog, load_checkpoint, save_checkpoint
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
-from nasrun.train.checkpoint import load_checkpoint, save_checkpoint
 
 if TYPE_CHECKING:
     from nasrun.data.base import DataModule
@@ -90,24 +89,6 @@ class SearchResult:
 
 class SearchStrategy(Protocol):
     def run(self, ctx: SearchContext) -> SearchResult: ...
-
-
-class HistoryLog:
-    """``history.jsonl``: one JSON line per step, rewritten from the checkpoint on resume."""
-
-    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None) -> None:
-        self.path = path
-        self.records: list[dict[str, Any]] = list(records or [])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Rewrite what the checkpoint knows, dropping lines of a step that never checkpointed.
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        tmp.replace(path)
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 class BlackBoxStrategy(ABC):

@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from nasrun import UserError
+from nasrun.run_folder import python_rng_state, set_python_rng_state
 from nasrun.search._common import (
     MAX_TRIES,
     Key,
@@ -25,7 +26,6 @@ from nasrun.search._common import (
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace, mutate_genotype
 from nasrun.space.genotype import Genotype
-from nasrun.train.checkpoint import python_rng_state, set_python_rng_state
 
 
 class RegularizedEvolution(BlackBoxStrategy):

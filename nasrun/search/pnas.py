@@ -24,12 +24,12 @@ from typing import Any
 import torch
 
 from nasrun import UserError
+from nasrun.run_folder import python_rng_state, set_python_rng_state
 from nasrun.search._common import Key, one_hot
 from nasrun.search._predictor import MLPEnsemble
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
-from nasrun.train.checkpoint import python_rng_state, set_python_rng_state
 
 #: Expansions ranked per level at most; beyond this a uniform subset is ranked (large spaces only:
 #: a 256-cell beam of the CIFAR cell space has ~400k one-block expansions).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from nasrun.run_folder import python_rng_state, set_python_rng_state
 from nasrun.search._common import (
     Key,
     keys_from_state,
@@ -15,7 +16,6 @@ from nasrun.search._common import (
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
-from nasrun.train.checkpoint import python_rng_state, set_python_rng_state
 
 
 class RandomSearch(BlackBoxStrategy):

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from nasrun import UserError
+from nasrun.run_folder import python_rng_state, set_python_rng_state
 from nasrun.search._common import Key, sample_unseen
 from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
-from nasrun.train.checkpoint import python_rng_state, set_python_rng_state
 
 #: Repeats sampled (and learnt from) in one ``ask`` before the query goes to a random new
 #: architecture instead: a collapsed policy would otherwise loop here without end.

@@ -8,10 +8,11 @@ and convert with ``decode`` / ``encode``. One-shot strategies (DARTS) use the sp
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from torch import nn
+from torch import Tensor, nn
 
 from nasrun.space.genotype import Genotype
 
@@ -58,6 +59,71 @@ class SearchSpace(Protocol):
         self, genotype: Genotype, num_classes: int, in_channels: int, **kwargs: object
     ) -> nn.Module:
         """The discrete network for ``genotype`` (size arguments are the space's own)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What a one-shot method needs to know of a space's supernet.
+
+    Attributes:
+        cell_types: the cell types that have architecture weights of their own (e.g. ``normal``,
+            ``reduce``); every type has the same edges.
+        edges: per edge, in order, ``(node, input)``: the node it feeds and the state it reads.
+        ops: the candidate op names of every edge, in weight order.
+    """
+
+    cell_types: tuple[str, ...]
+    edges: tuple[tuple[int, int], ...]
+    ops: tuple[str, ...]
+
+    def node_slices(self) -> list[slice]:
+        """The consecutive edges of each node (edges are listed node by node)."""
+        out: list[slice] = []
+        start = 0
+        for k in range(1, len(self.edges) + 1):
+            if k == len(self.edges) or self.edges[k][0] != self.edges[start][0]:
+                out.append(slice(start, k))
+                start = k
+        return out
+
+
+@runtime_checkable
+class OneShotSpace(SearchSpace, Protocol):
+    """A space with a supernet: one-shot methods search it by training shared weights."""
+
+    def topology(self) -> Topology:
+        """The supernet's cell types, edges and candidate ops."""
+        ...
+
+    def build_supernet(
+        self,
+        num_classes: int,
+        in_channels: int,
+        make_edge: Callable[[int, int, Sequence[str]], nn.Module],
+        edge_ops: dict[str, list[list[str]]] | None = None,
+    ) -> nn.Module:
+        """The supernet skeleton, called as ``net(x, weights, edge_scales=None)``.
+
+        Args:
+            num_classes: classifier outputs.
+            in_channels: image channels.
+            make_edge: ``make_edge(C, stride, ops)`` builds one edge (the method's choice).
+            edge_ops: per cell type, the candidate ops of each edge (default: ``topology().ops``
+                on every edge); methods that prune candidates per edge pass their own.
+        """
+        ...
+
+    def derive(
+        self, weights: dict[str, Tensor], edge_ops: dict[str, list[list[str]]] | None = None
+    ) -> Genotype:
+        """The discrete cell from each cell type's ``[n_edges, n_ops]`` edge-op strengths.
+
+        Args:
+            weights: per cell type, non-negative strengths (normalised weights, possibly scaled
+                per edge by the method).
+            edge_ops: the candidate ops of each edge, as given to ``build_supernet``.
+        """
         ...
 
 

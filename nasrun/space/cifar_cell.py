@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from nasrun import UserError
+from nasrun.space.base import Topology
+from nasrun.space.cifar_cell_supernet import CifarCellSupernet, EdgeFactory
 from nasrun.space.genotype import Genotype, GenotypeError, check_space
 from nasrun.space.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, check_op, make_op
 
@@ -324,16 +326,74 @@ class CifarCellSpace:
             stem_multiplier=self.stem_multiplier,
         )
 
-    def build_supernet(self, num_classes: int, in_channels: int):  # noqa: ANN201 - see supernet module
-        """The DARTS supernet over this space (continuous relaxation of every edge)."""
-        from nasrun.space.cifar_cell_supernet import CifarCellSupernet
+    # -- one-shot search ------------------------------------------------------------------------
+    def topology(self) -> Topology:
+        """Both cell types share ``sum(2 + i for i < nodes)`` edges, node by node, over ``space.ops``."""
+        edges = tuple((i + 2, j) for i in range(self.nodes) for j in range(2 + i))
+        return Topology(cell_types=("normal", "reduce"), edges=edges, ops=tuple(self.ops))
 
+    def build_supernet(
+        self,
+        num_classes: int,
+        in_channels: int,
+        make_edge: EdgeFactory,
+        edge_ops: dict[str, list[list[str]]] | None = None,
+        layers: int | None = None,
+    ) -> CifarCellSupernet:
+        """The DARTS search network at the space's size, its edges built by ``make_edge``.
+
+        ``layers`` overrides ``space.layers`` (methods that deepen the supernet by stages).
+        """
+        layers = layers or self.layers
+        check_layers(layers, "layers")
+        topo = self.topology()
+        if edge_ops is None:
+            edge_ops = {t: [list(topo.ops)] * len(topo.edges) for t in topo.cell_types}
         return CifarCellSupernet(
             C=self.channels,
             num_classes=num_classes,
-            layers=self.layers,
+            layers=layers,
             nodes=self.nodes,
-            ops=self.ops,
+            edge_ops=edge_ops,
+            make_edge=make_edge,
+            reductions=reduction_layers(layers),
             stem_multiplier=self.stem_multiplier,
             in_channels=in_channels,
+        )
+
+    def derive(
+        self, weights: dict[str, torch.Tensor], edge_ops: dict[str, list[list[str]]] | None = None
+    ) -> Genotype:
+        """DARTS's derivation (Liu et al. 2019, Sec. 2.4).
+
+        For each intermediate node keep the 2 incoming edges whose strongest non-``none`` op is
+        strongest, each with that op. Exact ties keep the lower input first.
+        """
+        topo = self.topology()
+
+        def parse(W: torch.Tensor, ops: list[list[str]]) -> tuple[tuple[str, int], ...]:
+            W = W.detach().float().cpu().clone()
+            for e, names in enumerate(ops):
+                for k, name in enumerate(names):
+                    if name == "none":
+                        W[e, k] = -1.0  # never pick `none`
+            edges: list[tuple[str, int]] = []
+            for node in topo.node_slices():
+                block = W[node]
+                strength = block.max(dim=1).values
+                n_in = block.shape[0]
+                # A stable sort keeps the lower input first on exact ties.
+                top = sorted(range(n_in), key=lambda j: -float(strength[j]))[:2]
+                edges += [(ops[node.start + j][int(block[j].argmax())], j) for j in top]
+            return tuple(edges)
+
+        if edge_ops is None:
+            edge_ops = {t: [list(topo.ops)] * len(topo.edges) for t in topo.cell_types}
+        concat = tuple(range(2, 2 + self.nodes))
+        return Genotype(
+            parse(weights["normal"], edge_ops["normal"]),
+            concat,
+            parse(weights["reduce"], edge_ops["reduce"]),
+            concat,
+            space=self.name,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nasrun import UserError
+from nasrun.run_folder import write_json_atomic
 
 Edge = tuple[str, int]
 
@@ -150,14 +151,6 @@ def check_space(genotype: Genotype, space: str, where: str = "genotype") -> None
             f"{where}: belongs to space {genotype.space!r}, not {space!r} "
             f"(select its space with space={genotype.space})"
         )
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and rename, so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def edges_by_node(edges: Sequence[Edge], per_node: Sequence[int]) -> list[list[Edge]]:

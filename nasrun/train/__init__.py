@@ -1,1 +1,1 @@
-"""Training: the trainer (device, precision, compile), checkpoints and metrics."""
+"""Training: the trainer (device, precision, compile, the checkpointed epoch loop) and its settings."""

@@ -22,7 +22,7 @@ from torch import nn
 from nasrun import UserError
 from nasrun.data.base import DataModule, TensorSplit, batches, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
-from nasrun.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nasrun.train.duration import DurationCheck
 from nasrun.train.threads import parse_threads
 
@@ -278,8 +278,6 @@ class Trainer:
         Raises:
             NonFiniteLossError: the loss became NaN/inf (the previous epoch's checkpoint stays).
         """
-        from nasrun.search.base import HistoryLog  # the search loop's history file, shared
-
         n_epochs = epochs or self.epochs
         module = model
         model = self.prepare(module)

@@ -1,23 +1,19 @@
 """scripts/bench_bo.py's --set: typed BOSettings overrides for ablations, bad ones named in one line."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from nasrun.bo import BOSettings
 from nasrun.bo.settings import Acquisition
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_bo.py"
 
 
 @pytest.fixture(scope="module")
 def bench_bo():
-    spec = importlib.util.spec_from_file_location("bench_bo", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT)
 
 
 def test_overrides_are_typed_like_the_sweeper_config(bench_bo):

@@ -10,8 +10,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from nasrun.cli import config_dir
-from nasrun.config import schema
+from nasrun.config import config_dir, schema
 from tests.conftest import SHARED_DATA
 
 TABLE = SHARED_DATA / "nb201_cifar10_12ep.csv"

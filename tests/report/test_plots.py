@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import stat
 from pathlib import Path
 
 import pytest
@@ -135,13 +133,3 @@ def test_missing_folder_is_created_and_no_temp_left(tmp_path: Path) -> None:
     assert_png(plot_convergence([1.0, 2.0], target))
     assert_png(plot_training_curves([], target.with_name("empty.png")))
     assert sorted(p.name for p in target.parent.iterdir()) == ["conv.png", "empty.png"]
-
-
-@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
-def test_png_gets_the_mode_a_plain_file_would_get(tmp_path: Path, umask: int, mode: int) -> None:
-    old = os.umask(umask)
-    try:
-        out = plot_convergence([1.0, 2.0], tmp_path / "conv.png")
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE(out.stat().st_mode) == mode

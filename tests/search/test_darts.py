@@ -9,7 +9,7 @@ from torch.func import functional_call
 
 from nasrun.data.synthetic import synthetic
 from nasrun.search.base import SearchContext
-from nasrun.search.darts import DartsSearch
+from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.trainer import NonFiniteLossError, Trainer
 
@@ -18,7 +18,7 @@ def _tiny_stepper(order: int, unrolled_eps: float = 0.01):
     space = CifarCellSpace(
         layers=3, channels=4, nodes=2, ops=["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
     )
-    search = DartsSearch(
+    search = OneShotSearch(
         space, seed=0, order=order, epochs=4, lr=0.1, weight_decay=3e-4, unrolled_eps=unrolled_eps
     )
     stepper = search.make_stepper(num_classes=3, in_channels=2, trainer=Trainer(device="cpu"))
@@ -43,7 +43,7 @@ def test_second_order_gradient_matches_autograd_through_the_unrolled_step() -> N
 
     # Direct: L_val(w - xi * (m * buf + grad_w L_train(w) + wd * w), alpha), differentiated exactly.
     module = stepper.module
-    names = [n for n, _ in module.named_parameters() if not n.startswith("alphas_")]
+    names = stepper.weight_names
     weights = [dict(module.named_parameters())[n] for n in names]
     buffers = {n: b.clone() for n, b in module.named_buffers()}
     xi = stepper.w_opt.param_groups[0]["lr"]
@@ -93,7 +93,7 @@ def _nan_data():
 
 def test_nan_in_the_first_search_epoch_says_there_is_no_checkpoint_yet(tmp_path: Path) -> None:
     space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "skip_connect", "sep_conv_3x3"])
-    search = DartsSearch(space, seed=0, epochs=2, batch_size=8)
+    search = OneShotSearch(space, seed=0, epochs=2, batch_size=8)
     ctx = SearchContext(space=space, run_dir=tmp_path, data=_nan_data(), trainer=Trainer(device="cpu"))
     with pytest.raises(NonFiniteLossError) as info:
         search.run(ctx)
@@ -119,7 +119,7 @@ def test_nan_in_a_later_search_epoch_names_the_intact_checkpoint() -> None:
 def test_search_batch_size_larger_than_the_halves_is_clamped_with_a_warning(tmp_path: Path, capsys) -> None:
     data = synthetic(n_train=20, n_test=4, image_size=8, in_channels=2, num_classes=3, val_portion=0.0)
     space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "skip_connect", "sep_conv_3x3"])
-    search = DartsSearch(space, seed=0, epochs=1, batch_size=500)
+    search = OneShotSearch(space, seed=0, epochs=1, batch_size=500)
     ctx = SearchContext(space=space, run_dir=tmp_path, data=data, trainer=Trainer(device="cpu"))
     result = search.run(ctx)
     assert result.history[0]["train_loss"] > 0  # a step was taken on the 10-image half

@@ -16,7 +16,7 @@ import torch
 
 from nasrun.data.digits import digits
 from nasrun.search.base import SearchContext
-from nasrun.search.darts import DartsSearch
+from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.trainer import Trainer
 
@@ -28,7 +28,7 @@ def _run(order: int, run_dir: Path) -> dict:
     torch.set_num_threads(1)
     data = digits(image_size=8, val_portion=0.2, test_portion=0.2, split_seed=0)
     space = CifarCellSpace(layers=3, channels=4, nodes=3, ops=OPS)
-    search = DartsSearch(space, seed=5, order=order, epochs=2, batch_size=128, arch_lr=3e-3)
+    search = OneShotSearch(space, seed=5, order=order, epochs=2, batch_size=128, arch_lr=3e-3)
     ctx = SearchContext(space=space, run_dir=run_dir, seed=5, data=data, trainer=Trainer(device="cpu"))
     result = search.run(ctx)
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]

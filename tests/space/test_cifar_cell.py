@@ -37,13 +37,26 @@ def test_too_few_layers_is_a_clear_error() -> None:
         CifarCellSpace(layers=2)
 
 
-def test_supernet_forward_and_alpha_shapes() -> None:
-    net = CifarCellSpace(layers=3, channels=4).build_supernet(num_classes=10, in_channels=3)
-    assert net.alphas_normal.shape == (14, 8) and net.alphas_reduce.shape == (14, 8)
-    assert net(torch.randn(2, 3, 16, 16)).shape == (2, 10)
-    names = {n for n, _ in net.named_parameters()}
-    assert {"alphas_normal", "alphas_reduce"} <= names
-    assert len(net.weight_parameters()) == len(names) - 2
+def test_supernet_skeleton_takes_the_methods_edges_and_weights() -> None:
+    from nasrun.search.edges import DenseEdge
+
+    space = CifarCellSpace(layers=3, channels=4)
+    topo = space.topology()
+    assert topo.cell_types == ("normal", "reduce") and len(topo.edges) == 14 and len(topo.ops) == 8
+    assert [s.stop - s.start for s in topo.node_slices()] == [2, 3, 4, 5]
+    built: list[tuple[int, int]] = []
+
+    def make_edge(C: int, stride: int, ops) -> DenseEdge:
+        built.append((C, stride))
+        return DenseEdge(C, stride, ops)
+
+    net = space.build_supernet(num_classes=10, in_channels=3, make_edge=make_edge)
+    assert len(built) == 3 * 14  # every edge of every cell, by the method's factory
+    # Two reduction cells; in each, every node reads inputs 0 and 1 at stride 2.
+    assert sum(stride == 2 for _, stride in built) == 2 * 4 * 2
+    w = {t: torch.softmax(torch.randn(14, 8), -1) for t in topo.cell_types}
+    assert net(torch.randn(2, 3, 16, 16), w).shape == (2, 10)
+    assert not any("alpha" in n for n, _ in net.named_parameters())  # the method owns the architecture
 
 
 def test_unknown_genotype_name_is_one_line_listing_the_options() -> None:

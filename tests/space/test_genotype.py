@@ -9,7 +9,6 @@ import torch
 
 from nasrun.space.base import mutate_genotype, sample_genotype
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.space.cifar_cell_supernet import CifarCellSupernet
 from nasrun.space.genotype import Genotype, GenotypeError
 from nasrun.space.nb201 import NB201Space
 
@@ -97,15 +96,13 @@ def test_each_space_refuses_the_other_spaces_genotype_and_says_how_to_select_it(
 
 def test_derivation_keeps_two_strongest_edges_with_their_best_non_none_op() -> None:
     ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
-    net = CifarCellSupernet(C=4, num_classes=10, layers=3, nodes=2, ops=ops, in_channels=1)
-    with torch.no_grad():
-        a = torch.zeros(5, 4)  # node 2: edges 0,1; node 3: edges 2,3,4 (inputs 0,1,2)
-        a[0] = torch.tensor([9.0, 0.0, 0.0, 1.0])  # huge `none` must be ignored: best real op sep_conv
-        a[1] = torch.tensor([0.0, 2.0, 0.0, 0.0])  # max_pool
-        a[2] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # weakest edge of node 3
-        a[3] = torch.tensor([0.0, 0.0, 3.0, 0.0])  # skip_connect, strongest
-        a[4] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # sep_conv
-        net.alphas_normal.copy_(a)
-    g = net.genotype()
+    space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=ops)
+    w = torch.zeros(5, 4)  # node 2: edges 0,1; node 3: edges 2,3,4 (inputs 0,1,2)
+    w[0] = torch.tensor([0.9, 0.0, 0.0, 0.1])  # huge `none` must be ignored: best real op sep_conv
+    w[1] = torch.tensor([0.0, 0.2, 0.0, 0.0])  # max_pool
+    w[2] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # weakest edge of node 3
+    w[3] = torch.tensor([0.0, 0.0, 0.3, 0.0])  # skip_connect, strongest
+    w[4] = torch.tensor([0.0, 0.0, 0.0, 0.1])  # sep_conv
+    g = space.derive({"normal": w, "reduce": w})
     assert g.normal == (("max_pool_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 1), ("sep_conv_3x3", 2))
     assert g.normal_concat == (2, 3)

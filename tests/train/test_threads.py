@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from nasrun import UserError
-from nasrun.cli import config_dir
+from nasrun.config import config_dir
 from nasrun.evaluator import train as train_evaluator
 from nasrun.train import threads
 from nasrun.train.threads import (

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from nasrun.data.synthetic import synthetic
-from nasrun.train.checkpoint import load_checkpoint
+from nasrun.run_folder import load_checkpoint
 from nasrun.train.trainer import NonFiniteLossError, Trainer
 
 

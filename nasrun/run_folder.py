@@ -1,0 +1,194 @@
+"""Every file a run writes into its folder, written so that a crash never leaves one half-written.
+
+A run folder (``outputs/runs/DATE/TIME/`` or ``hydra.run.dir``; for a BoTorch sweep,
+``hydra.sweep.dir``) holds the run's results and the state to resume it from:
+
+- JSON results: ``genotype.json``, ``result.json`` (``write_json_atomic``);
+- per-step history logs: ``history.jsonl``, ``retrain_history.jsonl`` (``HistoryLog``);
+- checkpoints with every RNG state: ``checkpoints/search.pt``, ``checkpoints/retrain.pt``
+  (``save_checkpoint``, ``load_checkpoint``, ``rng_state``, ``set_rng_state``);
+- figures (``cells.png``, ``convergence.png``) and the sweeper's files (``trials.txt``,
+  ``optimization_results.yaml``, per-job return values) (``atomic_write``, ``write_text_atomic``).
+
+Guarantees:
+
+- A SIGKILL at any instant leaves the previous file intact: every file is written to a temporary
+  file in the same folder and renamed over the target (``os.replace``, atomic within one file
+  system). A killed writer may leave its temporary file (``.NAME.PID.RANDOM.tmp``) behind, never a
+  partial target. The data is not flushed to the disk (no ``fsync``), so a power cut may still
+  lose the last write: the guarantee is about processes dying, which is what interrupts runs.
+- Concurrent writers never share a temporary file: its name holds the process id and random bits.
+- Files get normal permissions: ``0o666`` minus the umask, as ``open()`` would give them.
+  (``tempfile.mkstemp`` would create ``0o600``, and the rename would carry that over.)
+- The history log's appended lines are not atomic; a resume rewrites the log from the checkpoint,
+  which drops the lines of any step that never checkpointed.
+
+torch and NumPy are imported inside the functions that need them: the BoTorch sweeper's launcher
+workers import this module to save each job's return value, and must stay light for applications
+that do not use torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from nasrun import UserError
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """Write ``path`` with ``write(f)`` on a binary file, through a temporary file and a rename.
+
+    Args:
+        path: the file to write; missing parent folders are created.
+        write: writes the whole content to the open binary file it is given (e.g.
+            ``lambda f: fig.savefig(f, format="png")``).
+
+    Returns:
+        ``path``, as a ``Path``.
+
+    Raises:
+        Whatever ``write`` raises; the previous file is then intact and the temporary file removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file must live in the target folder: os.replace is only atomic within one
+    # file system. It is created with mode 0666 minus the umask, as open() would create the file
+    # itself (tempfile.mkstemp makes it 0600, which the rename would carry over to the result).
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; see ``atomic_write``."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path: str | Path, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` atomically, so readers never see a partial file."""
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+class HistoryLog:
+    """A JSON-lines history (``history.jsonl``): one line per step, rewritten on resume.
+
+    Args:
+        path: the log file.
+        records: the steps the checkpoint knows (empty for a fresh run); the file is rewritten
+            to hold exactly these, dropping lines of a step that never checkpointed.
+    """
+
+    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self.records: list[dict[str, Any]] = list(records or [])
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Add one step's record, in memory and as a line of the file."""
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Save ``state`` with ``torch.save`` through ``atomic_write``.
+
+    A SIGKILL during the write leaves the previous checkpoint intact.
+    """
+    import torch
+
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain containers only).
+
+    Raises:
+        UserError: the file is unreadable or not a nasrun checkpoint; the message names it.
+    """
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises several types for corrupt files
+        # torch's own text for these errors advises weights_only=False, which would run
+        # arbitrary code from the file: never pass that advice on.
+        raise UserError(_damaged(path)) from None
+    if not isinstance(state, dict):
+        raise UserError(_damaged(path))
+    return state
+
+
+def _damaged(path: Path) -> str:
+    """The one-line report of a checkpoint that cannot be used, and what to do about it."""
+    return (
+        f"checkpoint {path} is damaged or not a nasrun checkpoint: delete it to start that phase "
+        "again, or choose another hydra.run.dir"
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    """The state of every global random number generator a run touches (Python, NumPy, torch, CUDA)."""
+    import numpy as np
+    import torch
+
+    np_state: Any = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _py_state_to_tensor(random.getstate()),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what ``rng_state`` captured."""
+    import numpy as np
+    import torch
+
+    random.setstate(_py_state_from_tensor(state["python"]))
+    np.random.set_state(
+        ("MT19937", state["numpy"]["keys"].numpy().astype(np.uint32), state["numpy"]["pos"], 0, 0.0)
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def python_rng_state(rng: random.Random) -> dict[str, Any]:
+    """A ``random.Random``'s state in a form ``torch.load(weights_only=True)`` accepts."""
+    return _py_state_to_tensor(rng.getstate())
+
+
+def set_python_rng_state(rng: random.Random, state: dict[str, Any]) -> None:
+    """Restore what ``python_rng_state`` captured into ``rng``."""
+    rng.setstate(_py_state_from_tensor(state))
+
+
+def _py_state_to_tensor(st: tuple[Any, ...]) -> dict[str, Any]:
+    """Python's RNG state with its integers held in one int64 tensor."""
+    import torch
+
+    version, internal, gauss = st
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss}
+
+
+def _py_state_from_tensor(d: dict[str, Any]) -> tuple[Any, ...]:
+    """The inverse of ``_py_state_to_tensor``."""
+    return (d["version"], tuple(int(v) for v in d["internal"].tolist()), d["gauss"])

@@ -1,0 +1,540 @@
+"""The one-shot search engine: a supernet protocol, one search loop, and the hooks methods vary.
+
+Who owns what:
+
+- the **space** describes its supernet (``topology()``), builds the macro skeleton
+  (``build_supernet(make_edge=...)``) and derives the discrete cell (``derive(weights)``);
+- the **method** chooses how an edge mixes its ops (``search.edge``: a dense weighted sum, or
+  partial channels), whether edges are normalised (PC-DARTS's β), how the architecture is updated
+  (``search.order``: first order or unrolled second order), and when architecture steps start
+  (``search.warmup_epochs``) and the search stops (``search.early_stop``);
+- the **loop** here owns epochs, checkpoints and resume, the history file and progress.
+
+``OneShotNetwork`` registers its architecture parameters in a module of their own (``arch``), so
+``weight_parameters()`` and ``arch_parameters()`` are disjoint and cover every parameter by
+construction, whatever a method adds: no parameter is recognised by its name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasrun import UserError
+from nasrun.data.base import TensorSplit, clamp_batch_size
+from nasrun.report.console import get_console, progress_bar
+from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nasrun.search.base import SearchContext, SearchResult
+from nasrun.search.darts import DartsStepper
+from nasrun.search.early_stop import EarlyStop
+from nasrun.search.edges import DenseEdge
+from nasrun.space.base import OneShotSpace, SearchSpace
+from nasrun.space.genotype import Genotype
+from nasrun.train.trainer import Trainer, epoch_generator
+
+#: ``make_edge(C, stride, ops)`` -> an edge module; a ``_partial_`` config of ``nasrun.search.edges``.
+EdgeFactory = Callable[[int, int, Sequence[str]], nn.Module]
+
+
+class ArchParameters(nn.Module):
+    """The architecture parameters, and only they.
+
+    Args:
+        cell_types: one op-weight matrix per type.
+        n_edges: edges per cell.
+        n_ops: candidate ops per edge.
+        edge_normalisation: also one weight per edge (PC-DARTS's β), softmaxed over each node's
+            incoming edges.
+        init_std: initial values are ``init_std * N(0, 1)`` (DARTS reference code: 1e-3).
+    """
+
+    def __init__(
+        self,
+        cell_types: Sequence[str],
+        n_edges: int,
+        n_ops: int,
+        edge_normalisation: bool,
+        init_std: float = 1e-3,
+    ) -> None:
+        super().__init__()
+        self.alphas = nn.ParameterDict(
+            {t: nn.Parameter(init_std * torch.randn(n_edges, n_ops)) for t in cell_types}
+        )
+        self.betas = (
+            nn.ParameterDict({t: nn.Parameter(init_std * torch.randn(n_edges)) for t in cell_types})
+            if edge_normalisation
+            else None
+        )
+
+
+class OneShotNetwork(nn.Module):
+    """A space's supernet skeleton with its architecture parameters.
+
+    Args:
+        space: a space with one-shot support.
+        num_classes: classifier outputs.
+        in_channels: image channels.
+        make_edge: how each edge mixes its ops.
+        edge_normalisation: PC-DARTS's per-edge weights.
+        edge_ops: per cell type, each edge's candidate ops (the same number on every edge); default:
+            the space's ops everywhere. Methods that prune candidates per edge pass their own.
+        layers: the supernet's depth, if not the space's (methods that deepen it by stages).
+    """
+
+    def __init__(
+        self,
+        space: OneShotSpace,
+        num_classes: int,
+        in_channels: int,
+        make_edge: EdgeFactory,
+        edge_normalisation: bool = False,
+        edge_ops: dict[str, list[list[str]]] | None = None,
+        layers: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.space = space
+        self.topology = space.topology()
+        self.node_slices = self.topology.node_slices()
+        if edge_ops is None:
+            edge_ops = {
+                t: [list(self.topology.ops)] * len(self.topology.edges) for t in self.topology.cell_types
+            }
+        self.edge_ops = edge_ops
+        extra = {"layers": layers} if layers is not None else {}
+        self.skeleton = space.build_supernet(
+            num_classes=num_classes, in_channels=in_channels, make_edge=make_edge, edge_ops=edge_ops, **extra
+        )
+        # Created after the skeleton, so that a seed gives DARTS's initial weights and alphas.
+        n_ops = len(next(iter(edge_ops.values()))[0])
+        self.arch = ArchParameters(
+            self.topology.cell_types, len(self.topology.edges), n_ops, edge_normalisation
+        )
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.arch.parameters())
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.skeleton.parameters())
+
+    def op_weights(self) -> dict[str, torch.Tensor]:
+        """Per cell type, ``[n_edges, n_ops]``: the softmax of each edge's alphas."""
+        return {t: F.softmax(a, dim=-1) for t, a in self.arch.alphas.items()}
+
+    def edge_scales(self) -> dict[str, torch.Tensor] | None:
+        """Per cell type, ``[n_edges]``: each node's softmax over its incoming edges' β, or ``None``."""
+        if self.arch.betas is None:
+            return None
+        return {
+            t: torch.cat([F.softmax(b[s], dim=-1) for s in self.node_slices])
+            for t, b in self.arch.betas.items()
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skeleton(x, self.op_weights(), self.edge_scales())
+
+    @torch.no_grad()
+    def strengths(self) -> dict[str, torch.Tensor]:
+        """What derivation ranks: op weights, times the edge weights where edges are normalised."""
+        weights = {t: w.float().cpu() for t, w in self.op_weights().items()}
+        scales = self.edge_scales()
+        if scales is not None:
+            weights = {t: w * scales[t].float().cpu()[:, None] for t, w in weights.items()}
+        return weights
+
+    def genotype(self, max_skips: int | None = None) -> Genotype:
+        """The derived cell; with ``max_skips``, the normal cell keeps at most that many skip-connects.
+
+        P-DARTS's rule (Chen et al. 2019): while the normal cell has too many, the weakest of its
+        skip-connects loses its skip weight and the cell is derived again (the edge then takes its
+        next-best op, or the node another input).
+        """
+        strengths = self.strengths()
+        genotype = self.space.derive(strengths, self.edge_ops)
+        if max_skips is None:
+            return genotype
+        W, ops = strengths["normal"], self.edge_ops["normal"]
+        starts = [sl.start for sl in self.node_slices]
+        for _ in range(W.numel()):  # each round demotes one skip for good: a bound, never reached
+            skips = [
+                (starts[k // 2] + j, ops[starts[k // 2] + j].index(op))
+                for k, (op, j) in enumerate(genotype.normal)
+                if op == "skip_connect" and W[starts[k // 2] + j, ops[starts[k // 2] + j].index(op)] >= 0
+            ]
+            if len(skips) <= max_skips:
+                break
+            e, k = min(skips, key=lambda ek: float(W[ek[0], ek[1]]))
+            W[e, k] = -0.5  # below every real op, above `none` (which derivation never picks)
+            genotype = self.space.derive(strengths, self.edge_ops)
+        return genotype
+
+    def pruned_ops(self, keep: int, drop_none: bool) -> dict[str, list[list[str]]]:
+        """Each edge's ``keep`` strongest candidate ops, in their current order (P-DARTS's pruning)."""
+        out: dict[str, list[list[str]]] = {}
+        for kind, W in self.strengths().items():
+            rows = []
+            for e, names in enumerate(self.edge_ops[kind]):
+                order = sorted(range(len(names)), key=lambda k: -float(W[e, k]))
+                if drop_none:
+                    order = [k for k in order if names[k] != "none"]
+                rows.append([names[k] for k in sorted(order[:keep])])
+            out[kind] = rows
+        return out
+
+    def set_skip_dropout(self, p: float) -> None:
+        """Dropout on the outputs of every identity skip-connect (P-DARTS)."""
+        for m in self.skeleton.modules():
+            if isinstance(m, DenseEdge):
+                m.skip_dropout = p
+
+    def arch_weights(self) -> dict[str, Any]:
+        """The architecture weights for history records: softmaxed op weights (and edge weights)."""
+        out: dict[str, Any] = {t: w.detach().float().cpu().tolist() for t, w in self.op_weights().items()}
+        scales = self.edge_scales()
+        if scales is not None:
+            out["edges"] = {t: s.detach().float().cpu().tolist() for t, s in scales.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a search: the supernet's depth, its epochs and what changes between stages."""
+
+    layers: int | None  # None: the space's
+    epochs: int
+    warmup_epochs: int  # first epochs without architecture steps
+    ops_kept: int | None  # candidate ops per edge, pruned from the stage before; None: all
+    skip_dropout: float  # dropout after skip-connects at the stage's start, decayed linearly to 0
+
+
+class OneShotSearch:
+    """The one-shot search loop: epochs of bilevel steps, a genotype derived after every epoch.
+
+    Defaults are the DARTS paper's CIFAR-10 search protocol (Liu et al. 2019, Sec. 3.1 and the
+    reference code); ``conf/search/*.yaml`` set each method's. ``budget`` exists only so that the
+    black-box strategies' ``search.budget`` composes in a multirun over strategies; a value is
+    refused.
+
+    Args:
+        space: a space with one-shot support.
+        seed: seeds the supernet's initialisation and the data split.
+        edge: builds each edge (``nasrun.search.edges.DenseEdge`` or ``PartialChannelEdge``).
+        edge_normalisation: PC-DARTS's per-edge weights β.
+        order: 1 (first order) or 2 (unrolled second order).
+        epochs: search epochs.
+        warmup_epochs: first epochs that train only the weights (PC-DARTS: 15).
+        early_stop: a stopping criterion checked after every epoch (DARTS+), or ``None``.
+        batch_size, train_portion: the batches, and the share of the training images that trains
+            the weights (the rest trains the architecture).
+        lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD and cosine schedule.
+        arch_lr, arch_betas, arch_weight_decay: the architecture's Adam.
+        unrolled_eps: the finite-difference step of the second-order gradient.
+        stages: P-DARTS's progressive search: equal-length lists ``layers``, ``epochs``,
+            ``warmup_epochs``, ``ops_kept`` (candidate ops per edge in each stage) and
+            ``skip_dropout`` (dropout after skip-connects, decayed linearly to 0 within a stage).
+            Each stage builds a deeper supernet over each edge's strongest ops of the stage before,
+            with new optimisers; ``epochs`` must equal the stages' sum. ``None``: one stage.
+        max_skips: the derived normal cell keeps at most this many skip-connects (P-DARTS: M = 2).
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        edge: EdgeFactory | None = None,
+        edge_normalisation: bool = False,
+        order: int = 1,
+        epochs: int = 50,
+        warmup_epochs: int = 0,
+        early_stop: EarlyStop | None = None,
+        batch_size: int = 64,
+        train_portion: float = 0.5,
+        lr: float = 0.025,
+        lr_min: float = 0.001,
+        momentum: float = 0.9,
+        weight_decay: float = 3e-4,
+        grad_clip: float = 5.0,
+        arch_lr: float = 3e-4,
+        arch_betas: Sequence[float] = (0.5, 0.999),
+        arch_weight_decay: float = 1e-3,
+        unrolled_eps: float = 0.01,
+        stages: dict[str, Sequence[Any]] | None = None,
+        max_skips: int | None = None,
+        budget: int | None = None,
+    ):
+        if budget is not None:
+            raise UserError(
+                f"search.budget={budget}: a one-shot search has no evaluation budget (it trains a supernet for "
+                "search.epochs epochs); the budget is for the black-box strategies (search=random_search, ...)"
+            )
+        if order not in (1, 2):
+            raise UserError(f"search.order={order}: must be 1 (first order) or 2 (second order)")
+        if epochs <= 0:
+            raise UserError(f"search.epochs={epochs}: must be > 0")
+        if not 0 <= warmup_epochs < epochs:
+            raise UserError(f"search.warmup_epochs={warmup_epochs}: must be in [0, search.epochs={epochs})")
+        if batch_size <= 0:
+            raise UserError(f"search.batch_size={batch_size}: must be > 0")
+        if not 0.0 < train_portion < 1.0:
+            raise UserError(f"search.train_portion={train_portion}: must be in (0, 1)")
+        if len(arch_betas) != 2:
+            raise UserError(f"search.arch_betas={list(arch_betas)}: needs two values")
+        if not isinstance(space, OneShotSpace):
+            raise UserError(f"one-shot search needs a space with a supernet; space {space.name!r} has none")
+        self.stages = self._plan(stages, space, epochs, warmup_epochs)
+        kept_edges = 2 * len(space.topology().node_slices())  # two inputs per node survive derivation
+        if max_skips is not None and not 0 <= max_skips <= kept_edges:
+            raise UserError(
+                f"search.max_skips={max_skips}: must be in [0, {kept_edges}], the normal cell's edges"
+            )
+        self.max_skips = max_skips
+        self.space: OneShotSpace = space
+        self.seed = seed
+        self.make_edge: EdgeFactory = edge if edge is not None else DenseEdge
+        self.edge_normalisation = edge_normalisation
+        self.order = order
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.early_stop = early_stop
+        self.batch_size = batch_size
+        self.train_portion = train_portion
+        self.opt_args = dict(
+            lr=lr,
+            lr_min=lr_min,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            grad_clip=grad_clip,
+            arch_lr=arch_lr,
+            arch_betas=arch_betas,
+            arch_weight_decay=arch_weight_decay,
+            unrolled_eps=unrolled_eps,
+        )
+
+    @staticmethod
+    def _plan(
+        stages: dict[str, Sequence[Any]] | None, space: SearchSpace, epochs: int, warmup_epochs: int
+    ) -> list[Stage]:
+        """The search's stages, checked (one stage unless ``stages`` is given)."""
+        if stages is None:
+            return [
+                Stage(
+                    layers=None, epochs=epochs, warmup_epochs=warmup_epochs, ops_kept=None, skip_dropout=0.0
+                )
+            ]
+        keys = ("layers", "epochs", "warmup_epochs", "ops_kept", "skip_dropout")
+        missing = [k for k in keys if k not in stages]
+        if missing or set(stages) - set(keys):
+            raise UserError(f"search.stages: needs exactly the lists {', '.join(keys)}")
+        lengths = {k: len(stages[k]) for k in keys}
+        if len(set(lengths.values())) != 1 or not lengths["layers"]:
+            raise UserError(
+                "search.stages: the lists must have one entry per stage, got "
+                + ", ".join(f"{k} {n}" for k, n in lengths.items())
+            )
+        plan = [Stage(*values) for values in zip(*(stages[k] for k in keys), strict=True)]
+        if sum(st.epochs for st in plan) != epochs:
+            raise UserError(
+                f"search.epochs={epochs}: must equal the stages' epochs, {sum(st.epochs for st in plan)}"
+            )
+        n_ops = len(space.topology().ops) if isinstance(space, OneShotSpace) else 0
+        for i, st in enumerate(plan):
+            if not 0 <= st.warmup_epochs < st.epochs:
+                raise UserError(
+                    f"search.stages: stage {i + 1} has warmup_epochs={st.warmup_epochs} of {st.epochs}"
+                )
+            most = (plan[i - 1].ops_kept or n_ops) if i else n_ops
+            if st.ops_kept is not None and not 1 <= st.ops_kept <= most:
+                raise UserError(
+                    f"search.stages.ops_kept: stage {i + 1} keeps {st.ops_kept} ops (must not grow, at least 1)"
+                )
+        return plan
+
+    def build_network(
+        self,
+        num_classes: int,
+        in_channels: int,
+        stage: int = 0,
+        edge_ops: dict[str, list[list[str]]] | None = None,
+    ) -> OneShotNetwork:
+        """The supernet of ``stage`` with its architecture parameters, initialised from the seed."""
+        torch.manual_seed(self.seed + stage)
+        return OneShotNetwork(
+            self.space,
+            num_classes,
+            in_channels,
+            self.make_edge,
+            edge_normalisation=self.edge_normalisation,
+            edge_ops=edge_ops,
+            layers=self.stages[stage].layers,
+        )
+
+    def make_stepper(
+        self,
+        num_classes: int,
+        in_channels: int,
+        trainer: Trainer,
+        stage: int = 0,
+        edge_ops: dict[str, list[list[str]]] | None = None,
+    ) -> DartsStepper:
+        network = self.build_network(num_classes, in_channels, stage, edge_ops)
+        epochs = self.stages[stage].epochs
+        return DartsStepper(network, trainer, order=self.order, epochs=epochs, **self.opt_args)  # type: ignore[arg-type]
+
+    def split(self, train: TensorSplit) -> tuple[TensorSplit, TensorSplit]:
+        """The weights' share and the architecture's share of the training data."""
+        n = len(train)
+        n_w = int(n * self.train_portion)
+        if n_w < 1 or n - n_w < 1:
+            raise UserError(
+                f"search.train_portion={self.train_portion}: leaves an empty half of {n} training images"
+            )
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
+        return train.subset(perm[:n_w]), train.subset(perm[n_w:])
+
+    def run(self, ctx: SearchContext) -> SearchResult:
+        if ctx.data is None or ctx.trainer is None:
+            raise UserError("a one-shot search needs data and a trainer")
+        data, trainer = ctx.data, ctx.trainer
+        w_half, a_half = self.split(data.train)
+        ckpt = ctx.checkpoint_dir / "search.pt"
+        stage, stage_epoch, records, wall = 0, 0, [], 0.0
+        edge_ops: dict[str, list[list[str]]] | None = None
+        state: dict[str, Any] | None = None
+        if ctx.resume and ckpt.is_file():
+            state = load_checkpoint(ckpt)
+            stage, stage_epoch = (
+                state.get("stage", 0),
+                state["stage_epoch"] if "stage_epoch" in state else state["epoch"],
+            )
+            edge_ops, records, wall = state.get("edge_ops"), state["history"], state["wall_s"]
+        log = HistoryLog(ctx.run_dir / "history.jsonl", records)
+        n_half = min(len(w_half), len(a_half))  # zip stops at the shorter half
+        batch_size = clamp_batch_size(
+            self.batch_size, n_half, "search.batch_size", "images in each half of the search data"
+        )
+        steps = -(-n_half // batch_size)
+        console = get_console()
+        augment = data.augment()
+        stopped = self.early_stop.check(log.records) if self.early_stop is not None and log.records else None
+        done = sum(st.epochs for st in self.stages[:stage]) + stage_epoch
+        network: OneShotNetwork | None = None
+        with progress_bar("search", total=self.epochs * steps, completed=done * steps) as advance:
+            while stage < len(self.stages) and stopped is None:
+                plan = self.stages[stage]
+                stepper = self.make_stepper(data.num_classes, data.in_channels, trainer, stage, edge_ops)
+                network = stepper.module  # type: ignore[assignment]
+                assert network is not None
+                if state is not None:  # resuming inside (or at the end of) this stage
+                    stepper.load_state_dict(state["stepper"])
+                    set_rng_state(state["rng"])
+                    state = None
+                for epoch in range(stage_epoch, plan.epochs):
+                    if stopped is not None:
+                        break
+                    t0 = time.perf_counter()
+                    stepper.model.train()
+                    arch_steps = epoch >= plan.warmup_epochs
+                    # Skip-connect dropout decays linearly to 0 over the stage (P-DARTS).
+                    network.set_skip_dropout(plan.skip_dropout * (plan.epochs - epoch - 1) / plan.epochs)
+                    loss_sum, correct, n = 0.0, 0, 0
+                    done += 1
+                    gen_w, gen_a = (
+                        epoch_generator(self.seed, done - 1, 0),
+                        epoch_generator(self.seed, done - 1, 1),
+                    )
+                    train_it = trainer.batches(w_half, batch_size, gen_w, augment)
+                    val_it = trainer.batches(a_half, batch_size, gen_a, augment)
+                    for (xt, yt), (xv, yv) in zip(train_it, val_it):
+                        loss, c = stepper.step(xt, yt, xv, yv, arch_step=arch_steps)
+                        loss_sum += loss * yt.numel()
+                        correct += c
+                        n += int(yt.numel())
+                        advance(1, f"epoch {done} loss {loss_sum / n:.3f}")
+                    stepper.sched.step()
+                    val_loss, val_acc = trainer.evaluate(stepper.model, a_half)
+                    wall += time.perf_counter() - t0
+                    record = {
+                        "epoch": done,
+                        "lr": stepper.w_opt.param_groups[0]["lr"],
+                        "train_loss": loss_sum / max(n, 1),
+                        "train_acc": 100.0 * correct / max(n, 1),
+                        "val_loss": val_loss,
+                        "val_acc": val_acc,
+                        "arch_steps": arch_steps,
+                        "alphas": network.arch_weights(),
+                        "genotype": network.genotype().to_dict(),
+                        "wall_s": wall,
+                    }
+                    if len(self.stages) > 1:
+                        record["stage"] = stage + 1
+                        record["edge_ops"] = network.edge_ops
+                    else:
+                        record["ops"] = list(network.topology.ops)
+                    if self.early_stop is not None:
+                        stopped = self.early_stop.check([*log.records, record])
+                        if stopped is not None:
+                            record["stopped"] = stopped
+                    log.append(record)
+                    save_checkpoint(
+                        ckpt,
+                        {
+                            "stepper": stepper.state_dict(),
+                            "rng": rng_state(),
+                            "stage": stage,
+                            "stage_epoch": epoch + 1,
+                            "edge_ops": network.edge_ops,
+                            "epoch": done,
+                            "history": log.records,
+                            "wall_s": wall,
+                        },
+                    )
+                    console.print(
+                        f"search epoch {done}/{self.epochs} loss {record['train_loss']:.4f} "
+                        f"train_acc {record['train_acc']:.2f} val_acc {val_acc:.2f} ({time.perf_counter() - t0:.1f}s)"
+                        + ("" if arch_steps else " [weights only]")
+                    )
+                    if stopped is not None:
+                        console.print(f"search stopped after epoch {done}: {stopped}")
+                if stopped is None and stage + 1 < len(self.stages):
+                    # The next stage searches each edge's strongest ops of this one (the last keeps no `none`).
+                    last = stage + 2 == len(self.stages)
+                    kept = self.stages[stage + 1].ops_kept
+                    edge_ops = (
+                        network.pruned_ops(kept, drop_none=last) if kept is not None else network.edge_ops
+                    )
+                stage, stage_epoch = stage + 1, 0
+        last_record = log.records[-1]
+        genotype = Genotype.from_dict(last_record["genotype"])
+        metrics: dict[str, Any] = {
+            "search_val_acc": last_record["val_acc"],
+            "search_wall_s": last_record["wall_s"],
+            "search_epochs": last_record["epoch"],
+        }
+        if self.max_skips is not None:
+            if network is None:  # a finished search resumed: rebuild its last network for the rule
+                network = self._final_network(ctx, ckpt)
+            genotype = network.genotype(max_skips=self.max_skips)
+            metrics["search_max_skips"] = self.max_skips
+        if "stopped" in last_record:
+            metrics["search_stopped"] = {"epoch": last_record["epoch"], "reason": last_record["stopped"]}
+        return SearchResult(genotype=genotype, metrics=metrics, history=log.records)
+
+    def _final_network(self, ctx: SearchContext, ckpt: Path) -> OneShotNetwork:
+        """The last stage's supernet as the checkpoint holds it."""
+        state = load_checkpoint(ckpt)
+        assert ctx.data is not None and ctx.trainer is not None
+        stepper = self.make_stepper(
+            ctx.data.num_classes,
+            ctx.data.in_channels,
+            ctx.trainer,
+            state.get("stage", 0),
+            state.get("edge_ops"),
+        )
+        stepper.load_state_dict(state["stepper"])
+        return stepper.module  # type: ignore[return-value]

@@ -1,0 +1,27 @@
+"""``scripts/bench_search.py`` runs every one-shot method of ``conf/search/`` through its real config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_script
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_search.py"
+
+
+def test_every_one_shot_method_is_offered_and_times_a_step(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = load_script(SCRIPT)
+    methods = bench.one_shot_searches()
+    assert {"darts", "darts_2nd", "pc_darts", "darts_plus", "p_darts"} <= set(methods)
+    assert "random_search" not in methods  # black-box strategies have no supernet step
+    for method in methods:
+        bench.main(
+            ["--search", method, "--channels", "4", "--layers", "3", "--nodes", "2", "--batch-size", "4"]
+            + ["--image-size", "8", "--steps", "1", "--warmup", "0"]
+        )
+        line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert line["search"] == method and line["sec_per_step"] > 0 and line["peak_memory_mb"] > 0
+        assert line["order"] == (2 if method == "darts_2nd" else 1)

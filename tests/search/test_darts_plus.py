@@ -1,0 +1,58 @@
+"""DARTS+ early stopping: each criterion stops on a crafted history, and not before."""
+
+from __future__ import annotations
+
+import pytest
+
+from nasrun import UserError
+from nasrun.search.early_stop import SkipConnects, StableRanking, learnable_ops
+
+OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
+
+
+def _record(skips: int) -> dict:
+    normal = [["skip_connect", 0]] * skips + [["sep_conv_3x3", 1]] * (4 - skips)
+    return {"genotype": {"normal": normal, "reduce": [["max_pool_3x3", 0]] * 4}}
+
+
+def test_skip_connect_criterion_stops_at_the_first_cell_with_two() -> None:
+    stop = SkipConnects(max_skips=2)
+    history = [_record(0), _record(1), _record(1), _record(2), _record(3)]
+    decisions = [stop.check(history[: i + 1]) for i in range(len(history))]
+    assert decisions[:3] == [None, None, None]
+    assert decisions[3] == "the normal cell has 2 skip-connects (criterion: >= 2)"
+
+
+def _alphas(order: list[int]) -> dict:
+    """One edge per cell type whose ops are ranked as ``order`` (strongest first) among all ops."""
+    row = [0.0] * len(OPS)
+    for rank, k in enumerate(order):
+        row[k] = 1.0 - 0.1 * rank
+    return {"normal": [row], "reduce": [row]}
+
+
+def _stepped(alphas: dict) -> dict:
+    return {"alphas": alphas, "ops": OPS}
+
+
+def test_only_ops_with_weights_are_ranked() -> None:
+    assert learnable_ops(OPS) == [3, 4]  # the convolutions; pooling, skip and none have no weights
+
+
+def test_stable_ranking_stops_after_patience_epochs_without_change() -> None:
+    stop = StableRanking(patience=3)
+    a, b = _alphas([3, 4, 1, 2, 0]), _alphas([4, 3, 1, 2, 0])  # the learnable ops swap
+    c = _alphas([3, 2, 4, 1, 0])  # the same learnable ranking as a: other ops moved
+    warmup = [{"alphas": b, "ops": OPS, "arch_steps": False}] * 5  # no architecture steps: never counted
+    history = [*warmup, *(_stepped(x) for x in (a, b, a, c, a, a))]
+    decisions = [stop.check(history[: i + 1]) for i in range(len(history))]
+    # Epoch records 7 (a), 8 (c), 9 (a), 10 (a): unchanged for 3 epochs after record 7.
+    assert decisions[:10] == [None] * 10
+    assert decisions[10] == "the ranking of the learnable ops' weights has not changed for 3 epochs"
+
+
+def test_bad_criteria_are_one_line() -> None:
+    with pytest.raises(UserError, match="search.early_stop.max_skips=0"):
+        SkipConnects(max_skips=0)
+    with pytest.raises(UserError, match="search.early_stop.patience=0"):
+        StableRanking(patience=0)

@@ -1,0 +1,151 @@
+"""No import cycles between the modules of the ``nasrun`` package.
+
+The graph is read from the source with ``ast``, so the test sees every ``import`` and
+``from ... import`` statement, at module level and inside functions alike: a function-level
+(lazy) import only delays the cycle to the first call, so it counts as an edge.
+
+Imports under ``if TYPE_CHECKING:`` do not count. They never execute, and they exist so that an
+annotation (unevaluated, under ``from __future__ import annotations``) can name a type of a module
+that imports this one, as ``nasrun.search.base`` (``SearchContext``) and ``nasrun.evaluator.base``
+(``Evaluator``) name each other's types.
+
+An edge goes to the module an import names: ``from nasrun.a import b`` reaches ``nasrun.a.b`` if
+that is a module, else ``nasrun.a``; ``import nasrun.a.b`` reaches ``nasrun.a.b``. The parent
+packages that Python also imports on the way are not edges: every submodule would otherwise be
+in a cycle with a package ``__init__`` that imports it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = "nasrun"
+ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+
+
+def _modules() -> dict[str, tuple[Path, bool]]:
+    """Every module of the package: dotted name -> (file, whether it is a package ``__init__``)."""
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        is_package = parts[-1] == "__init__"
+        out[".".join(parts[:-1] if is_package else parts)] = (path, is_package)
+    return out
+
+
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement of ``tree`` that can execute: all but the bodies of ``if TYPE_CHECKING:``."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(node)
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            stack.extend(node.orelse)  # the `else:` branch does run
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> the modules of the package it imports``."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, (path, is_package) in modules.items():
+        package = name if is_package else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in _imports(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+                continue
+            if node.level:  # relative: `from . import x`, `from ..a import x`
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                source = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                source = node.module or ""
+            for alias in node.names:
+                targets.add(f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source)
+        inside = {t for t in targets if t == PACKAGE or t.startswith(PACKAGE + ".")}
+        unknown = inside - modules.keys()
+        assert not unknown, f"{name} imports {sorted(unknown)}, which are not modules of {PACKAGE}"
+        graph[name] = inside - {name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_graph_covers_the_package() -> None:
+    graph = import_graph()
+    # So that the test below cannot pass on an empty or broken graph.
+    assert {"nasrun.cli", "nasrun.pipeline", "nasrun.run_folder", "nasrun.train.trainer"} <= graph.keys()
+    assert sum(len(targets) for targets in graph.values()) > len(graph)
+    assert "nasrun.pipeline" in graph["nasrun.cli"]  # a function-level import is an edge
+    assert "nasrun.run_folder" in graph["nasrun.train.trainer"]
+
+
+def test_cycle_detection_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_import_cycles_in_the_package() -> None:
+    graph = import_graph()
+    found = cycles(graph)
+    report = "; ".join(
+        " <-> ".join(component)
+        + " ("
+        + ", ".join(f"{m} -> {t}" for m in component for t in sorted(graph[m] & set(component)))
+        + ")"
+        for component in found
+    )
+    assert not found, f"import cycles in {PACKAGE}: {report}"

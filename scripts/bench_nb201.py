@@ -5,7 +5,7 @@ For each strategy (its conf/search/<name>.yaml defaults) and each seed, run a se
 best-by-validation architecture found; print mean ± std (and the standard error) per strategy,
 next to the oracle (the best-validation architecture of the whole table).
 
-    python scripts/bench_nb201.py --table ../shared/data/nb201_cifar10_12ep.csv --budget 100 --seeds 30
+    python scripts/bench_nb201.py --table nb201_cifar10_12ep --budget 100 --seeds 30
 """
 
 from __future__ import annotations
@@ -33,7 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--table", required=True, help="CSV with arch,val_acc,test_acc")
+    parser.add_argument(
+        "--table",
+        required=True,
+        help="a shipped table's name (nb201_cifar10_12ep) or a CSV with arch,val_acc,test_acc",
+    )
     parser.add_argument("--budget", type=int, default=100, help="queries per search")
     parser.add_argument("--seeds", type=int, default=30, help="seeds 0..N-1 per strategy")
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES, choices=STRATEGIES)

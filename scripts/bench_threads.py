@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[tuple[int, str], list[float]] = {key: [] for key in settings}
     walls: dict[tuple[int, str], list[float]] = {key: [] for key in settings}
     threads: dict[tuple[int, str], set[int]] = {key: set() for key in settings}
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)  # a log's 80 columns wrap the table
     with tempfile.TemporaryDirectory(prefix="bench_threads_") as tmp:
         for rep in range(args.repeats):
             for i, ((runs, setting), extra) in enumerate(settings.items()):
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{ratio:.2f}",
             "-" if runs == 1 else f"{ratio / runs:.2f}",
         )
-    console.print(table, width=max(console.width, 120))  # seven columns: wider than a log's 80
+    console.print(table)
     console.print(
         f"Medians over {args.repeats} repeats (and over the runs of each multirun); baseline: 1 at once, "
         "trainer.threads=auto. 'vs alone / N' above 1: the runs slow each other more than N-fold, "

@@ -24,7 +24,8 @@ torch.set_num_threads(1)
 register_configs()
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+#: The NAS-Bench-201 table shipped with nasrun (nasrun/evaluator/tables/).
+NB201_TABLE = REPO / "nasrun" / "evaluator" / "tables" / "nb201_cifar10_12ep.csv"
 
 
 @pytest.fixture

@@ -44,3 +44,5 @@ def test_wheel_contains_the_config_tree(tmp_path: Path) -> None:
     for yaml in (REPO / "conf").rglob("*.yaml"):
         assert f"nasrun/conf/{yaml.relative_to(REPO / 'conf').as_posix()}" in names, yaml
     assert "nasrun/cli.py" in names
+    assert "nasrun/evaluator/tables/nb201_cifar10_12ep.csv" in names  # evaluator.table=nb201_cifar10_12ep
+    assert "nasrun/evaluator/tables/README.md" in names  # its source and licence

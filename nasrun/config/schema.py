@@ -87,6 +87,7 @@ class OneShotSearchConfig:
     early_stop: Any = None
     stages: Any = None
     max_skips: int | None = None
+    evaluate_derived: bool = False
     batch_size: int = 64
     train_portion: float = 0.5
     lr: float = 0.025

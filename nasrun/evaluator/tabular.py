@@ -58,7 +58,9 @@ def load_table(path: str) -> dict[str, TableRow]:
     """
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"evaluator.table: file not found: {p}")
+        raise UserError(
+            f"evaluator.table: file not found: {p} (shipped tables, by name: {', '.join(bundled_tables())})"
+        )
     table: dict[str, TableRow] = {}
     with p.open(newline="") as f:
         reader = csv.DictReader(f)
@@ -88,8 +90,9 @@ class TabularEvaluator:
     """Score architectures by looking them up in a benchmark table.
 
     Args:
-        table: path of the CSV (relative paths are taken from the directory nasrun was started in,
-            not Hydra's run folder).
+        table: the name of a table shipped with nasrun (``nb201_cifar10_12ep``), or the path of a
+            CSV (relative paths are taken from the directory nasrun was started in, not Hydra's
+            run folder).
     """
 
     def __init__(self, table: str) -> None:
@@ -113,7 +116,19 @@ class TabularEvaluator:
         return max(self.table.items(), key=lambda kv: kv[1].val_acc)
 
 
+#: Tables shipped with nasrun, chosen by name (``evaluator.table=nb201_cifar10_12ep``).
+BUNDLED = Path(__file__).resolve().parent / "tables"
+
+
+def bundled_tables() -> list[str]:
+    """The names of the tables shipped with nasrun."""
+    return sorted(p.stem for p in BUNDLED.glob("*.csv"))
+
+
 def _absolute(path: str) -> Path:
+    """A shipped table's file for a bare name, else the path from where nasrun was started."""
+    if path in bundled_tables():
+        return BUNDLED / f"{path}.csv"
     p = Path(os.path.expanduser(path))
     if p.is_absolute():
         return p

@@ -241,6 +241,9 @@ class OneShotSearch:
             Each stage builds a deeper supernet over each edge's strongest ops of the stage before,
             with new optimisers; ``epochs`` must equal the stages' sum. ``None``: one stage.
         max_skips: the derived normal cell keeps at most this many skip-connects (P-DARTS: M = 2).
+        evaluate_derived: after every epoch, score the derived cell with the run's evaluator (a
+            tabular benchmark's look-up, say) and record it in the history as
+            ``derived_val_acc`` / ``derived_test_acc``. The score never feeds back into the search.
     """
 
     def __init__(
@@ -266,6 +269,7 @@ class OneShotSearch:
         unrolled_eps: float = 0.01,
         stages: dict[str, Sequence[Any]] | None = None,
         max_skips: int | None = None,
+        evaluate_derived: bool = False,
         budget: int | None = None,
     ):
         if budget is not None:
@@ -294,6 +298,7 @@ class OneShotSearch:
                 f"search.max_skips={max_skips}: must be in [0, {kept_edges}], the normal cell's edges"
             )
         self.max_skips = max_skips
+        self.evaluate_derived = evaluate_derived
         self.space: OneShotSpace = space
         self.seed = seed
         self.make_edge: EdgeFactory = edge if edge is not None else DenseEdge
@@ -471,6 +476,12 @@ class OneShotSearch:
                         "genotype": network.genotype().to_dict(),
                         "wall_s": wall,
                     }
+                    if self.evaluate_derived and ctx.evaluator is not None:
+                        scored = ctx.evaluator.evaluate(Genotype.from_dict(record["genotype"]), ctx)
+                        record["derived_val_acc"], record["derived_test_acc"] = (
+                            scored.val_acc,
+                            scored.test_acc,
+                        )
                     if len(self.stages) > 1:
                         record["stage"] = stage + 1
                         record["edge_ops"] = network.edge_ops

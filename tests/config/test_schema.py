@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nasrun.config import config_dir, schema
-from tests.conftest import SHARED_DATA
+from tests.conftest import NB201_TABLE
 
-TABLE = SHARED_DATA / "nb201_cifar10_12ep.csv"
+TABLE = NB201_TABLE
 
 #: (group=option, the YAML file's node, its schema, a wrong-typed override of each field)
 CASES: list[tuple[str, str, type, list[str]]] = [
@@ -92,8 +92,6 @@ def test_wrong_types_fail_at_compose_naming_the_key(
 def test_default_configs_still_instantiate(
     compose_cfg, tmp_path: Path, option: str, node: str, cls: type, bad: list[str]
 ) -> None:
-    if option == "evaluator=tabular" and not TABLE.is_file():
-        pytest.skip(f"{TABLE} not present")
     group, name = option.split("=")
     choices = {"search": "random_search", "space": "nb201", "evaluator": "train", group: name}
     overrides = [f"{g}={n}" for g, n in choices.items()]

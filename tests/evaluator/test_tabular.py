@@ -11,16 +11,13 @@ from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.search.base import SearchContext
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space, from_string
-from tests.conftest import SHARED_DATA
+from tests.conftest import NB201_TABLE
 
-TABLE = SHARED_DATA / "nb201_cifar10_12ep.csv"
+TABLE = NB201_TABLE
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_1x1~1|nor_conv_3x3~2|"
 ROW = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"
 
-needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"{TABLE} not present")
 
-
-@needs_table
 def test_real_table_matches_its_published_facts(tmp_path: Path) -> None:
     ev = TabularEvaluator(str(TABLE))
     assert len(ev.table) == 5**6
@@ -70,3 +67,13 @@ def test_missing_file_and_missing_architecture(tmp_path: Path) -> None:
     cifar = CifarCellSpace()
     with pytest.raises(UserError, match="space=nb201"):
         ev.evaluate(cifar.decode([0] * len(cifar.decisions())), SearchContext(space=cifar, run_dir=tmp_path))
+
+
+def test_a_shipped_table_is_chosen_by_name() -> None:
+    from nasrun.evaluator.tabular import TabularEvaluator, bundled_tables
+
+    assert "nb201_cifar10_12ep" in bundled_tables()
+    evaluator = TabularEvaluator("nb201_cifar10_12ep")
+    assert evaluator.path == TABLE and len(evaluator.table) == 15_625
+    with pytest.raises(UserError, match="shipped tables, by name: nb201_cifar10_12ep"):
+        TabularEvaluator("nb201_nope")

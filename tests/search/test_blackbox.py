@@ -28,10 +28,9 @@ from nasrun.search.reinforce import Reinforce
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.genotype import Genotype
 from nasrun.space.nb201 import NB201Space
-from tests.conftest import SHARED_DATA
+from tests.conftest import NB201_TABLE
 
-TABLE = SHARED_DATA / "nb201_cifar10_12ep.csv"
-pytestmark = pytest.mark.skipif(not TABLE.is_file(), reason=f"{TABLE} not present")
+TABLE = NB201_TABLE
 
 Factory = Callable[..., BlackBoxStrategy]
 STRATEGIES: dict[str, Factory] = {

@@ -9,12 +9,11 @@ import pytest
 
 from nasrun.pipeline import run
 from nasrun.space.nb201 import from_string
-from tests.conftest import SHARED_DATA
+from tests.conftest import NB201_TABLE
 
-TABLE = SHARED_DATA / "nb201_cifar10_12ep.csv"
+TABLE = NB201_TABLE
 
 
-@pytest.mark.skipif(not TABLE.is_file(), reason=f"{TABLE} not present")
 def test_tabular_search_writes_the_run_folder(compose_cfg, tmp_path: Path) -> None:
     cfg = compose_cfg(
         "search=evolution",

@@ -16,6 +16,7 @@ from nasrun.search.early_stop import SkipConnects
 from nasrun.search.edges import PartialChannelEdge
 from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.space.genotype import Genotype
 from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer
 
@@ -109,3 +110,24 @@ def test_stable_ranking_reads_the_engines_records(tmp_path: Path) -> None:
     # Two epochs, patience 1: it stops after the second exactly when the ranking did not change.
     rankings_equal = StableRanking(patience=1).check(h) is not None
     assert ("search_stopped" in result.metrics) == rankings_equal
+
+
+def test_each_epochs_derived_cell_can_be_scored_for_the_record(tmp_path: Path) -> None:
+    from nasrun.evaluator.base import Evaluation
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        def evaluate(self, genotype, ctx) -> Evaluation:
+            self.seen.append(ctx.space.describe(genotype))
+            return Evaluation(val_acc=50.0 + len(self.seen), test_acc=40.0, cost_s=0.0)
+
+    ctx = _ctx(tmp_path)
+    ctx.evaluator = Recorder()  # type: ignore[assignment]
+    plain = OneShotSearch(_space(), seed=1, epochs=2, batch_size=256).run(_ctx(tmp_path / "plain"))
+    scored = OneShotSearch(_space(), seed=1, epochs=2, batch_size=256, evaluate_derived=True).run(ctx)
+    h = _history(tmp_path)
+    assert [r["derived_val_acc"] for r in h] == [51.0, 52.0] and h[0]["derived_test_acc"] == 40.0
+    assert ctx.evaluator.seen == [_space().describe(Genotype.from_dict(r["genotype"])) for r in h]
+    assert scored.genotype == plain.genotype  # the scores never steer the search

@@ -23,6 +23,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 from nasrun import UserError
 from nasrun.config import config_dir, register_configs
+from nasrun.config.run_guard import holds_checkpoints
 
 
 def _user_error(exc: BaseException) -> Exception | None:
@@ -105,8 +106,7 @@ OmegaConf.register_new_resolver("nasrun_config_groups", config_groups, replace=T
 
 def _interrupted(run_dir: Path) -> str:
     """What to say after Ctrl-C: how to resume the run in ``run_dir``, if it checkpointed."""
-    ckpts = run_dir / "checkpoints"
-    if not (ckpts.is_dir() and any(ckpts.iterdir())):
+    if not holds_checkpoints(run_dir):
         return f"interrupted before the first checkpoint; nothing to resume in {run_dir}"
     kept = [a for a in sys.argv[1:] if not a.startswith(("resume=", "hydra.run.dir="))]
     command = shlex.join(["nasrun", *kept, f"hydra.run.dir={run_dir}", "resume=true"])

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from nasrun import UserError
 from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
+from nasrun.config.run_guard import refuse_overwrite
 from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
 from nasrun.report.results import count_flops, count_params, print_summary
@@ -74,14 +75,6 @@ def named_genotype(name: str) -> Genotype:
     return genotype
 
 
-def _check_fresh_run_dir(run_dir: Path, resume: bool) -> None:
-    ckpts = run_dir / "checkpoints"
-    if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
-        raise UserError(
-            f"{run_dir} already holds checkpoints: add resume=true to continue that run, or choose another hydra.run.dir"
-        )
-
-
 def run(cfg: DictConfig, run_dir: Path) -> float:
     """Run the task described by ``cfg`` in ``run_dir``; return the objective (validation accuracy, %).
 
@@ -94,7 +87,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     # CPU threads first, before torch does any parallel work: this process's share of the machine.
     setting = OmegaConf.select(cfg, "trainer.threads", default="auto")
     threads = apply_threads(resolve_threads(setting, jobs=launcher_jobs(hydra_launcher())))
-    _check_fresh_run_dir(run_dir, cfg.resume)
+    refuse_overwrite(run_dir, cfg.resume)  # a single run was checked before Hydra wrote; sweep jobs here
     seed_everything(cfg.seed)
     task = str(cfg.task.value if hasattr(cfg.task, "value") else cfg.task)
 

@@ -95,6 +95,26 @@ def compare_configs(saved: dict[str, Any], current: dict[str, Any]) -> tuple[lis
     return refused, extended
 
 
+def holds_checkpoints(run_dir: Path) -> bool:
+    """Whether ``run_dir/checkpoints`` has anything in it."""
+    ckpts = run_dir / "checkpoints"
+    return ckpts.is_dir() and any(ckpts.iterdir())
+
+
+def refuse_overwrite(run_dir: Path, resume: bool) -> None:
+    """Refuse a fresh run (``resume=false``) in a folder that holds checkpoints.
+
+    Raises:
+        UserError: the folder holds checkpoints and ``resume`` is false.
+    """
+    from nasrun import UserError
+
+    if not resume and holds_checkpoints(run_dir):
+        raise UserError(
+            f"{run_dir} already holds checkpoints: add resume=true to continue that run, or choose another hydra.run.dir"
+        )
+
+
 def check_run_folder(run_dir: Path, resume: bool, current: dict[str, Any]) -> list[str]:
     """Decide whether a run may use ``run_dir``; nothing is written to an existing folder.
 
@@ -113,13 +133,9 @@ def check_run_folder(run_dir: Path, resume: bool, current: dict[str, Any]) -> li
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"hydra.run.dir={run_dir}: exists and is not a folder")
-    ckpts = run_dir / "checkpoints"
-    has_checkpoints = ckpts.is_dir() and any(ckpts.iterdir())
+    has_checkpoints = holds_checkpoints(run_dir)
     if not resume:
-        if has_checkpoints:
-            raise UserError(
-                f"{run_dir} already holds checkpoints: add resume=true to continue that run, or choose another hydra.run.dir"
-            )
+        refuse_overwrite(run_dir, resume)
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

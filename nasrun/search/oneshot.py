@@ -18,7 +18,7 @@ construction, whatever a method adds: no parameter is recognised by its name.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,9 @@ from nasrun.search.base import SearchContext, SearchResult
 from nasrun.search.darts import DartsStepper
 from nasrun.search.early_stop import EarlyStop
 from nasrun.search.edges import DenseEdge
-from nasrun.space.base import OneShotSpace, SearchSpace
+from nasrun.space.base import EdgeFactory, OneShotSpace, SearchSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.trainer import Trainer, epoch_generator
-
-#: ``make_edge(C, stride, ops)`` -> an edge module; a ``_partial_`` config of ``nasrun.search.edges``.
-EdgeFactory = Callable[[int, int, Sequence[str]], nn.Module]
 
 
 class ArchParameters(nn.Module):
@@ -103,9 +100,7 @@ class OneShotNetwork(nn.Module):
         self.topology = space.topology()
         self.node_slices = self.topology.node_slices()
         if edge_ops is None:
-            edge_ops = {
-                t: [list(self.topology.ops)] * len(self.topology.edges) for t in self.topology.cell_types
-            }
+            edge_ops = self.topology.full_edge_ops()
         self.edge_ops = edge_ops
         extra = {"layers": layers} if layers is not None else {}
         self.skeleton = space.build_supernet(

@@ -62,6 +62,11 @@ class SearchSpace(Protocol):
         ...
 
 
+#: ``make_edge(C, stride, ops)``: a one-shot method's module for one supernet edge, called as
+#: ``edge(x, weights[n_ops])``.
+EdgeFactory = Callable[[int, int, Sequence[str]], nn.Module]
+
+
 @dataclass(frozen=True)
 class Topology:
     """What a one-shot method needs to know of a space's supernet.
@@ -76,6 +81,10 @@ class Topology:
     cell_types: tuple[str, ...]
     edges: tuple[tuple[int, int], ...]
     ops: tuple[str, ...]
+
+    def full_edge_ops(self) -> dict[str, list[list[str]]]:
+        """Per cell type, every edge's candidate ops: all of ``ops`` (before any pruning)."""
+        return {t: [list(self.ops) for _ in self.edges] for t in self.cell_types}
 
     def node_slices(self) -> list[slice]:
         """The consecutive edges of each node (edges are listed node by node)."""
@@ -100,7 +109,7 @@ class OneShotSpace(SearchSpace, Protocol):
         self,
         num_classes: int,
         in_channels: int,
-        make_edge: Callable[[int, int, Sequence[str]], nn.Module],
+        make_edge: EdgeFactory,
         edge_ops: dict[str, list[list[str]]] | None = None,
     ) -> nn.Module:
         """The supernet skeleton, called as ``net(x, weights, edge_scales=None)``.

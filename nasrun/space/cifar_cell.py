@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from nasrun import UserError
-from nasrun.space.base import Topology
-from nasrun.space.cifar_cell_supernet import CifarCellSupernet, EdgeFactory
+from nasrun.space.base import EdgeFactory, Topology
+from nasrun.space.cifar_cell_supernet import CifarCellSupernet
 from nasrun.space.genotype import Genotype, GenotypeError, check_space
 from nasrun.space.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, check_op, make_op
 
@@ -348,7 +348,7 @@ class CifarCellSpace:
         check_layers(layers, "layers")
         topo = self.topology()
         if edge_ops is None:
-            edge_ops = {t: [list(topo.ops)] * len(topo.edges) for t in topo.cell_types}
+            edge_ops = topo.full_edge_ops()
         return CifarCellSupernet(
             C=self.channels,
             num_classes=num_classes,
@@ -388,7 +388,7 @@ class CifarCellSpace:
             return tuple(edges)
 
         if edge_ops is None:
-            edge_ops = {t: [list(topo.ops)] * len(topo.edges) for t in topo.cell_types}
+            edge_ops = topo.full_edge_ops()
         concat = tuple(range(2, 2 + self.nodes))
         return Genotype(
             parse(weights["normal"], edge_ops["normal"]),

@@ -7,15 +7,13 @@ forward pass, the architecture weights of each cell type. Nothing here knows a m
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from nasrun.space.base import EdgeFactory
 from nasrun.space.ops import FactorizedReduce, ReLUConvBN
-
-#: ``make_edge(C, stride, ops)``: the module of one edge, called as ``edge(x, weights[n_ops])``.
-EdgeFactory = Callable[[int, int, Sequence[str]], nn.Module]
 
 
 class SearchCell(nn.Module):

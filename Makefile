@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-gpu demo lint bench bench-train bench-bo
+.PHONY: help install test test-slow test-gpu gpu-check demo lint bench bench-train bench-bo
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test-slow: install  ## the long end-to-end tests
 
 test-gpu: install  ## the CUDA tests: bf16, channels_last, torch.compile (needs a GPU)
 	$(PY) -m pytest -q -m gpu
+
+gpu-check: install  ## on a GPU machine: CUDA tests + search/retrain step benchmarks, one JSON summary (< 8 min)
+	scripts/gpu_check.sh
 
 demo: install  ## a real, small DARTS search + retrain on the bundled digits data
 	$(VENV)/bin/nasrun experiment=demo

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nasrun import UserError
+from nasrun.bo.reporting import current_reporter, task_epochs
 from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
 from nasrun.config.run_guard import refuse_overwrite
@@ -128,6 +129,11 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         )
         return loaded
 
+    # In a BoTorch sweep, the phase whose accuracy is the objective reports it after every epoch
+    # to the sweep's trial store, whose pruner may stop the run there (TrialPruned).
+    epochs = task_epochs(cfg)
+    reporter = current_reporter(max_epochs=epochs[1] if epochs else None)
+    report = [reporter.sink("val_acc", "epoch")] if reporter is not None else []
     # Images are loaded only when something asks for them: a tabular benchmark run never does.
     ctx = SearchContext(
         space=space,
@@ -137,6 +143,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         data=load_data,
         trainer=trainer,
         evaluator=evaluator,
+        sinks=[] if retrain else report,
     )
     if retrain:
         assert ctx.data is not None  # load now: a missing data set stops the run before the search
@@ -185,6 +192,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
             resume=cfg.resume,
             seed=cfg.seed,
             shorten_hint=_shorten_retrain_hint(cfg, net_cfg),
+            sinks=report,
         )
         timings["retrain_s"] = time.perf_counter() - t0
         result.update(
@@ -223,9 +231,9 @@ def _shorten_retrain_hint(cfg: DictConfig, net_cfg: dict[str, Any]) -> str:
 
 
 def _draw(genotype: Genotype, run_dir: Path) -> None:
-    """The PNG drawing of the cells; a plotting failure never costs the run its results."""
+    """The cells as ``cells.png`` and ``cells.dot``; a plotting failure never costs the run its results."""
     try:
-        from nasrun.report.plots import plot_cells
+        from nasrun.report.cell_diagram import plot_cells
 
         plot_cells(genotype, run_dir / "cells.png")
     except Exception as e:  # noqa: BLE001 - drawing is a convenience, results matter more

@@ -7,8 +7,9 @@ A run folder (``outputs/runs/DATE/TIME/`` or ``hydra.run.dir``; for a BoTorch sw
 - per-step history logs: ``history.jsonl``, ``retrain_history.jsonl`` (``HistoryLog``);
 - checkpoints with every RNG state: ``checkpoints/search.pt``, ``checkpoints/retrain.pt``
   (``save_checkpoint``, ``load_checkpoint``, ``rng_state``, ``set_rng_state``);
-- figures (``cells.png``, ``convergence.png``) and the sweeper's files (``trials.txt``,
-  ``optimization_results.yaml``, per-job return values) (``atomic_write``, ``write_text_atomic``).
+- figures (``cells.png`` with its Graphviz text ``cells.dot``, ``convergence.png``) and the
+  sweeper's files (``trials.txt``, ``optimization_results.yaml``, per-job return values)
+  (``atomic_write``, ``write_text_atomic``).
 
 Guarantees:
 
@@ -34,9 +35,9 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from nasrun import UserError
 
@@ -83,6 +84,12 @@ def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+class RecordSink(Protocol):
+    """Something that takes history records one at a time."""
+
+    def append(self, record: dict[str, Any]) -> None: ...
+
+
 class HistoryLog:
     """A JSON-lines history (``history.jsonl``): one line per step, rewritten on resume.
 
@@ -90,10 +97,19 @@ class HistoryLog:
         path: the log file.
         records: the steps the checkpoint knows (empty for a fresh run); the file is rewritten
             to hold exactly these, dropping lines of a step that never checkpointed.
+        sinks: also receive every appended record, in order, after it is in the file (TensorBoard
+            scalars; a sweep's trial store, whose pruner may stop the run by raising from
+            ``append``); ``None`` entries are skipped, so optional sinks can be listed as they are.
     """
 
-    def __init__(self, path: Path, records: list[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        records: list[dict[str, Any]] | None = None,
+        sinks: Iterable[RecordSink | None] = (),
+    ) -> None:
         self.path = path
+        self.sinks = [s for s in sinks if s is not None]
         self.records: list[dict[str, Any]] = list(records or [])
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
@@ -102,6 +118,13 @@ class HistoryLog:
         self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        for sink in self.sinks:
+            sink.append(record)
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The records of a history file written by ``HistoryLog``, in order."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.quasirandom import SobolEngine
 
-from nasrun.bo import BayesOpt, BOSettings, Direction, Real, SearchSpace
+from nasrun.bo import BayesOpt, BOSettings, Direction, ParamSpace, Real
 
 # Runs that end above this regret are counted: on Hartmann6 they sit in a local optimum (the
 # nearest one is at regret 0.12); docs/benchmarks/bo.md's target for the 75th percentile is 0.05.
@@ -77,7 +77,7 @@ def run_nasrun(
     ``points``, when given, receives the evaluated points in the same order (``docs/benchmarks/bo_basins.py``).
     """
     lo, hi = f.bounds.tolist()
-    space = SearchSpace([Real(f"x{i}", lo[i], hi[i]) for i in range(f.dim)])
+    space = ParamSpace([Real(f"x{i}", lo[i], hi[i]) for i in range(f.dim)])
     settings = BOSettings(direction=Direction.minimize, seed=seed, **NASRUN_SETTINGS)
     bo = BayesOpt(space, settings, budget=budget)
     values, seconds = [], []

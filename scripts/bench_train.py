@@ -8,7 +8,7 @@ second, the implied seconds per CIFAR-10 epoch (50,000 images) and peak memory. 
 work, not a test.
 
     python scripts/bench_train.py --genotype darts_v2 --channels 36 --layers 20 --batch-size 96 \
-        [--device cuda] [--amp bf16] [--channels-last] [--compile]
+        [--device cuda] [--amp bf16] [--channels-last [auto|true|false]] [--compile]
 """
 
 from __future__ import annotations
@@ -43,7 +43,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed windows (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument(
+        "--channels-last",
+        nargs="?",
+        const="true",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="NHWC memory format (bare flag: true; default: the trainer's auto)",
+    )
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -53,7 +60,10 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(0)
     trainer = Trainer(
-        device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile
+        device=args.device,
+        amp=args.amp,
+        channels_last={"true": True, "false": False}.get(args.channels_last, "auto"),
+        compile=args.compile,
     )
     space = CifarCellSpace(layers=args.layers, channels=args.channels)
     try:
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
                 "layers": args.layers,
                 "batch_size": args.batch_size,
                 "image_size": args.image_size,
-                "channels_last": args.channels_last,
+                "channels_last": trainer.channels_last,
                 "amp": args.amp,
                 "compile": args.compile,
                 "params": sum(p.numel() for p in module.parameters()),

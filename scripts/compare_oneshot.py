@@ -29,7 +29,8 @@ from nasrun.space.base import sample_genotype
 from nasrun.space.cifar_cell import CifarCellSpace
 
 #: The demo's search settings for each method, with what the demo's 6 epochs force on the recipes
-#: meant for 50-75 epochs (PC-DARTS's 15 warm-up epochs, P-DARTS's three 25-epoch stages).
+#: meant for 50-75 epochs (PC-DARTS's 15 warm-up epochs, P-DARTS's three 25-epoch stages) and on
+#: ENAS's controller phase.
 METHODS: dict[str, list[str]] = {
     "darts": ["search=darts"],
     "pc_darts": ["search=pc_darts", "search.warmup_epochs=2"],
@@ -40,6 +41,11 @@ METHODS: dict[str, list[str]] = {
         "search.stages.warmup_epochs=[1,1,1]",
     ],
     "darts_plus": ["search=darts_plus"],
+    "gdas": ["search=gdas"],
+    "snas": ["search=snas"],
+    "rsps": ["search=rsps"],
+    # ENAS's 2000 controller steps per phase, scaled down to the demo's 9 weight steps an epoch.
+    "enas": ["search=enas", "search.update.controller_steps=50"],
 }
 
 

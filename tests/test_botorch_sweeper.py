@@ -10,9 +10,11 @@ import contextlib
 import importlib.util
 import io
 import json
+import math
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gpytorch.kernels import MaternKernel, RBFKernel
 from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
@@ -27,7 +30,8 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.nasrun_botorch_sweeper.botorch_sweeper import BoTorchSweeper
 from nasrun import UserError
-from nasrun.bo import prepare_sweeper_args
+from nasrun.bo import engine, prepare_sweeper_args
+from nasrun.bo.engine import BayesOpt
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "tests" / "bo" / "app" / "branin_app.py"
@@ -63,19 +67,25 @@ def run_nasrun_raw(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def stored(sweep_dir: Path) -> list[dict[str, Any]]:
-    """Rows of the trial store, read with plain sqlite3 (what a user could do)."""
-    with sqlite3.connect(sweep_dir / "trials.sqlite") as db:
+    """Rows of the sweep folder's trial store, read with plain sqlite3 (what a user could do)."""
+    return read_store(sweep_dir / "trials.sqlite")
+
+
+def read_store(path: Path) -> list[dict[str, Any]]:
+    """Rows of the trial store at ``path``."""
+    with sqlite3.connect(path) as db:
         db.row_factory = sqlite3.Row
         return [dict(r) for r in db.execute("SELECT * FROM trials ORDER BY id")]
 
 
 @pytest.fixture
 def sweep(hydra_sweep_runner: Callable[..., Any], tmp_path: Path) -> Callable[..., Any]:
-    """``sweep(*overrides)``: runs a sweep in-process; returns (trials, sweep_dir, calls)."""
+    """``sweep(*overrides, folder="sweep")``: runs a sweep in-process in ``tmp_path / folder``;
+    returns (trials, sweep_dir, calls), ``calls`` holding the task calls of every sweep so far."""
 
-    def _sweep(*overrides: str) -> tuple[Any, Path, list[str]]:
+    def _sweep(*overrides: str, folder: str = "sweep") -> tuple[Any, Path, list[str]]:
         calls = tmp_path / "calls.txt"
-        sweep_dir = tmp_path / "sweep"
+        sweep_dir = tmp_path / folder
         runner = hydra_sweep_runner(
             calling_file=str(APP),
             calling_module=None,
@@ -151,16 +161,87 @@ def test_dict_return_with_objective_key(sweep: Callable[..., Any]) -> None:
     assert [r["state"] for r in stored(sweep_dir)] == ["COMPLETED"] * 3
 
 
-def test_failed_and_nan_trials_are_recorded_and_the_sweep_goes_on(sweep: Callable[..., Any]) -> None:
-    # Half the x range fails, one way or the other; the sweep must still reach its budget.
+@pytest.mark.parametrize("spelling", ["path", "url"])
+def test_storage_keeps_the_store_where_asked_and_a_later_sweep_resumes_from_it(
+    sweep: Callable[..., Any], tmp_path: Path, spelling: str
+) -> None:
+    db = tmp_path / "stores" / "branin.sqlite"  # its folder does not exist yet
+    storage = f"hydra.sweeper.storage={db if spelling == 'path' else f'sqlite:///{db}'}"
+    _, first_dir, calls = sweep("hydra.sweeper.n_trials=3", storage)
+    first = read_store(db)
+    assert [r["state"] for r in first] == ["COMPLETED"] * 3 and len(calls) == 3
+    assert not (first_dir / "trials.sqlite").exists()
+    # Another sweep folder, the same store and a larger budget: the three trials carry over and
+    # only two more run, with job numbers that continue.
+    _, second_dir, calls = sweep("hydra.sweeper.n_trials=5", storage, folder="second")
+    rows = read_store(db)
+    assert rows[:3] == first and [r["state"] for r in rows] == ["COMPLETED"] * 5
+    assert [int(line.split()[0]) for line in calls] == [0, 1, 2, 3, 4]
+    assert not (second_dir / "trials.sqlite").exists()
+    assert OmegaConf.load(second_dir / "optimization_results.yaml").n_trials == 5
+
+
+@pytest.mark.parametrize(("kernel", "expected"), [("matern52", "MaternKernel"), ("rbf", "RBFKernel")])
+def test_kernel_setting_is_the_kernel_of_the_fitted_model(
+    sweep: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, kernel: str, expected: str
+) -> None:
+    kernels: list[str] = []
+    fit = engine.fit_model
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        model = fit(*args, **kwargs)
+        kernels.extend(type(m).__name__ for m in model.modules() if isinstance(m, MaternKernel | RBFKernel))
+        return model
+
+    monkeypatch.setattr(engine, "fit_model", spy)
+    sweep("hydra.sweeper.n_trials=4", f"hydra.sweeper.kernel={kernel}")  # one model after 3 Sobol trials
+    assert kernels == [expected]
+
+
+def test_xi_raises_the_acquisitions_improvement_threshold(
+    sweep: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thresholds: list[float] = []
+    build = engine.build_acquisition
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        acqf = build(*args, **kwargs)
+        thresholds.append(float(acqf.best_f))
+        return acqf
+
+    monkeypatch.setattr(engine, "build_acquisition", spy)
     _, sweep_dir, _ = sweep(
+        "hydra.sweeper.n_trials=4",
+        "hydra.sweeper.acquisition=logei",
+        "hydra.sweeper.xi=0.5",
+        "hydra.sweeper.explore_fraction=0",
+    )
+    values = [r["value"] for r in stored(sweep_dir)[:3]]
+    # Minimisation: the model maximises minus the value; the bar is the best observation plus
+    # xi standard deviations of the observations.
+    assert thresholds == [pytest.approx(-min(values) + 0.5 * statistics.stdev(values))]
+
+
+def test_failed_trials_are_recorded_and_the_sweep_goes_on(
+    sweep: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine's last resort, re-drawing a point that repeats an earlier trial, is off: a
+    # failed point proposed again would show as a repeat.
+    monkeypatch.setattr(BayesOpt, "_unique", lambda self, x, seen: x)
+    # A third of the x range raises; the sweep must still reach its budget.
+    _, sweep_dir, calls = sweep(
         "hydra.sweeper.n_trials=7", "hydra.sweeper.max_failure_rate=1.0", "misbehave=raise_if_x_gt_5"
     )
     rows = stored(sweep_dir)
-    assert len(rows) == 7 and all(r["state"] in ("COMPLETED", "FAILED") for r in rows)
+    assert len(rows) == 7 and len(calls) == 7 and all(r["state"] in ("COMPLETED", "FAILED") for r in rows)
     failed = [r for r in rows if r["state"] == "FAILED"]
     assert failed and all(r["error"].startswith("RuntimeError: diverged at x=") for r in failed)
-    assert len({r["params"] for r in rows}) == 7  # a failed point is not proposed again
+    assert all(r["value"] is None and json.loads(r["params"])["x"] > 5 for r in failed)
+    # No trial lands on or next to a point that failed before it (0.05 of the encoded unit square).
+    for r in rows:
+        for f in failed:
+            if f["id"] < r["id"]:
+                assert math.dist(json.loads(r["x"]), json.loads(f["x"])) > 0.05, (r, f)
 
 
 def test_nan_is_a_failure(sweep: Callable[..., Any]) -> None:
@@ -331,7 +412,7 @@ def test_sweep_preset_on_the_real_nasrun_smoke_experiment(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_issue_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
+def test_readme_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
     """The README's spelling: the space as unquoted ``hydra.sweeper.params.*`` overrides (needs
     ``nasrun.cli.main`` to pass ``sys.argv`` through ``prepare_sweeper_args``)."""
     pytest.importorskip("nasrun.cli")

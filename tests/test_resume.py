@@ -75,3 +75,46 @@ def test_sigkill_mid_search_and_mid_retrain_then_resume_matches_uninterrupted(tm
     got_hist = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [h["alphas"] for h in got_hist] == [h["alphas"] for h in ref_hist]
     assert len((run / "retrain_history.jsonl").read_text().splitlines()) == 3
+
+
+ENAS = [
+    "experiment=smoke",
+    "search=enas",
+    "space=nb201",
+    "search.epochs=3",
+    "search.update.controller_steps=6",
+    "retrain.enabled=false",
+    "seed=5",
+]
+
+
+def test_enas_sigkill_mid_search_then_resume_continues_the_controller_exactly(tmp_path: Path) -> None:
+    """The controller (weights, optimiser, baseline, sampling generator) is in the checkpoint."""
+    ref = run_cli(*ENAS, f"hydra.run.dir={tmp_path / 'ref'}", cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+
+    run = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nasrun", *ENAS, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _kill_when(proc, run / "history.jsonl", epochs=1)
+    assert proc.returncode == -signal.SIGKILL
+    done = run_cli(*ENAS, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+
+    def history(folder: Path) -> list[dict]:
+        lines = (folder / "history.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in lines]
+
+    ref_hist, got_hist = history(tmp_path / "ref"), history(run)
+    assert len(got_hist) == 3 and got_hist == ref_hist
+    assert all("controller_reward" in h for h in got_hist)
+    expected = json.loads((tmp_path / "ref" / "result.json").read_text())
+    got = json.loads((run / "result.json").read_text())
+    assert got["genotype"] == expected["genotype"] and got["search_val_acc"] == expected["search_val_acc"]

@@ -1,6 +1,6 @@
-"""Bayesian optimisation on BoTorch: search spaces, an SQLite trial store and an ask/tell engine.
+"""Bayesian optimisation on BoTorch: parameter spaces, a trial store (SQLite, PostgreSQL) and an ask/tell engine.
 
-``BayesOpt`` (and with it torch and BoTorch) is imported on first use, so that reading a search
+``BayesOpt`` (and with it torch and BoTorch) is imported on first use, so that reading a parameter
 space or a store stays light; the Hydra sweeper validates its input before any heavy import.
 """
 
@@ -13,9 +13,9 @@ from nasrun.bo.settings import Acquisition, BOSettings, Direction, Exploration, 
 from nasrun.bo.space import (
     Categorical,
     Integer,
+    ParamSpace,
+    ParamSpaceError,
     Real,
-    SearchSpace,
-    SearchSpaceError,
     parse_overrides,
     prepare_sweeper_args,
 )
@@ -34,9 +34,9 @@ __all__ = [
     "Integer",
     "Kernel",
     "ModelKind",
+    "ParamSpace",
+    "ParamSpaceError",
     "Real",
-    "SearchSpace",
-    "SearchSpaceError",
     "Trial",
     "TrialState",
     "TrialStore",
@@ -62,7 +62,7 @@ def ignore_import_warnings() -> None:
 
 
 # Installed on import of this package, which every import of the BoTorch glue (``engine``,
-# ``_botorch``) and the sweeper goes through first.
+# ``_model``, ``_acquisition``, ``_optimize``, ``_explore``) and the sweeper goes through first.
 ignore_import_warnings()
 
 

@@ -7,7 +7,7 @@
     ...     bo.tell(trial.id, branin(**trial.params))
     >>> bo.best().params
 
-State lives in the ``TrialStore`` (SQLite file or memory): a new ``BayesOpt`` on an existing store
+State lives in the ``TrialStore`` (a database, or memory): a new ``BayesOpt`` on an existing store
 carries on where the old one stopped. The first ``n_initial`` trials are scrambled Sobol points;
 after that every ``ask`` fits a GP to the completed trials. Given a budget, the trials up to
 ``explore_fraction`` of it explore (``exploration``: joint entropy search by default, or Thompson
@@ -15,7 +15,10 @@ sampling); the rest maximise the acquisition. Both phases see the trials still r
 points; for a deterministic objective (``noisy=False``) the model behind the acquisition nearly
 interpolates.
 Failed trials enter the model at the worst value observed so far, so the model steers away from
-them instead of proposing them again.
+them instead of proposing them again. A pruned trial (stopped early by the sweeper's pruner) is
+right-censored: its final value, which it never reached, is taken to be no better than the median
+of the completed trials' values, and enters the model as the GP's mean below that bound
+(``_model.censored_mean``), not as its last reported value.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import torch
 from torch.quasirandom import SobolEngine
 
 from nasrun import UserError
-from nasrun.bo import _botorch
+from nasrun.bo._acquisition import build_acquisition
+from nasrun.bo._explore import explore
+from nasrun.bo._model import censored_mean, fit_model, hyperparameters
+from nasrun.bo._optimize import Proposal, optimize, unit_to_space
 from nasrun.bo.settings import BOSettings, Direction
-from nasrun.bo.space import SearchSpace
+from nasrun.bo.space import ParamSpace
 from nasrun.bo.store import Trial, TrialState, TrialStore
 
 log = logging.getLogger(__name__)
@@ -40,14 +46,14 @@ _MAX_REDRAWS = 100
 
 
 class BayesOpt:
-    """Ask/tell Bayesian optimisation over a ``SearchSpace``.
+    """Ask/tell Bayesian optimisation over a ``ParamSpace``.
 
     Args:
         space: What to search.
         settings: Model, acquisition and budget settings.
         store: Where trials live; a fresh in-memory store by default.
         budget: Total trials planned (the sweeper's ``n_trials``); sets the length of the
-            Thompson-sampling phase. ``None``: no such phase, the acquisition throughout.
+            exploration phase. ``None``: no such phase, the acquisition throughout.
 
     Raises:
         UserError: If ``store`` holds trials of a different search space or direction.
@@ -55,7 +61,7 @@ class BayesOpt:
 
     def __init__(
         self,
-        space: SearchSpace,
+        space: ParamSpace,
         settings: BOSettings | None = None,
         store: TrialStore | None = None,
         budget: int | None = None,
@@ -88,16 +94,23 @@ class BayesOpt:
 
     # -- the interface ----------------------------------------------------------------------------
 
-    def ask(self, n: int = 1) -> list[Trial]:
+    def ask(self, n: int = 1, *, into: list[Trial] | None = None) -> list[Trial]:
         """Proposes ``n`` new trials, chosen jointly with every trial still pending or running.
 
         Args:
             n: Number of trials.
+            into: Trials reserved in the store without a point (``TrialStore.claim``): they get
+                the proposals instead of new trials, and ``n`` is their number.
 
         Returns:
             ``n`` PENDING trials, already stored.
         """
-        trials = self.store.trials()
+        everything = self.store.trials()
+        if into:
+            n = len(into)
+        first_id = into[0].id if into else len(everything)
+        # Reserved trials have no point yet: neither data nor pending points for the model.
+        trials = [t for t in everything if t.proposed]
         proposals: list[list[float]] = []
         n_sobol = max(0, min(n, self.n_initial - len(trials)))
         observed = [t for t in trials if t.state in (TrialState.COMPLETED, TrialState.FAILED)]
@@ -106,29 +119,48 @@ class BayesOpt:
         if n_sobol:
             proposals += [self.space.snap(x) for x in self._sobol(n_sobol).tolist()]
         if n - n_sobol:
-            proposals += self._propose(trials, proposals, n - n_sobol)
+            proposals += self._propose(trials, proposals, n - n_sobol, first_id)
         seen = {self._key(t.x) for t in trials}
         out = []
-        for x in proposals:
+        for i, x in enumerate(proposals):
             x = self._unique(x, seen)
             seen.add(self._key(x))
-            out.append(self.store.add(self.space.decode(x), x))
+            if into:
+                trial = into[i]
+                trial.params, trial.x = self.space.decode(x), x
+                self.store.propose(trial.id, trial.params, x)
+                out.append(trial)
+            else:
+                out.append(self.store.add(self.space.decode(x), x))
         return out
 
-    def tell(self, trial_id: int, value: float | None = None, error: str | None = None) -> Trial:
+    def tell(
+        self,
+        trial_id: int,
+        value: float | None = None,
+        error: str | None = None,
+        *,
+        pruned_at: int | None = None,
+    ) -> Trial:
         """Records the end of a trial.
 
         Args:
             trial_id: Id from ``ask``.
             value: The objective, as the task returned it; NaN or inf marks the trial FAILED.
             error: Why the trial failed; given with ``value=None``.
+            pruned_at: The epoch after which the pruner stopped the trial; ``value`` is then its
+                last report (or ``None``), and the trial is PRUNED.
 
         Returns:
-            The updated trial, state COMPLETED or FAILED.
+            The updated trial, state COMPLETED, FAILED or PRUNED.
         """
         trial = self.store.get(trial_id)
-        trial.finished = time.time()
-        if value is not None and math.isfinite(value):
+        trial.finished, trial.owner = time.time(), None
+        if pruned_at is not None:
+            finite = value is not None and math.isfinite(value)
+            trial.state, trial.epoch, trial.error = TrialState.PRUNED, pruned_at, None
+            trial.value = float(value) if finite and value is not None else None
+        elif value is not None and math.isfinite(value):
             trial.state, trial.value, trial.error = TrialState.COMPLETED, float(value), None
         else:
             trial.state, trial.value = TrialState.FAILED, None
@@ -152,18 +184,21 @@ class BayesOpt:
 
     def _sobol(self, n: int) -> torch.Tensor:
         """The next ``n x d`` scrambled Sobol points of this sweep's sequence (continued on resume)."""
-        drawn = int(self.store.get_meta("sobol_drawn") or 0)
+        # One transaction: workers sharing the store never draw the same points.
+        drawn = self.store.bump_counter("sobol_drawn", n)
         engine = SobolEngine(self.space.dim, scramble=True, seed=self.settings.seed)
         engine.fast_forward(drawn)
         points = engine.draw(n, dtype=torch.float64)
-        self.store.set_meta("sobol_drawn", str(drawn + n))
-        return _botorch.unit_to_space(points, self.space)
+        return unit_to_space(points, self.space)
 
-    def _propose(self, trials: list[Trial], extra_pending: list[list[float]], q: int) -> list[list[float]]:
-        """``q`` points from the model: fit, build the acquisition, optimise with pending points."""
+    def _propose(
+        self, trials: list[Trial], extra_pending: list[list[float]], q: int, first_id: int
+    ) -> list[list[float]]:
+        """``q`` points from a fresh fit: exploration or the acquisition, with the pending points."""
         sign = 1.0 if self.settings.direction == Direction.maximize else -1.0
         done = [t for t in trials if t.state is TrialState.COMPLETED]
         failed = [t for t in trials if t.state is TrialState.FAILED]
+        pruned = [t for t in trials if t.state is TrialState.PRUNED]
         pending = [t.x for t in trials if t.state in (TrialState.PENDING, TrialState.RUNNING)] + extra_pending
         y = [sign * float(t.value) for t in done if t.value is not None]
         # Impute failures at the worst value seen: the GP then predicts poor results near them.
@@ -171,8 +206,9 @@ class BayesOpt:
         X = torch.tensor([t.x for t in done + failed], dtype=torch.float64)
         Y = torch.tensor(y, dtype=torch.float64).unsqueeze(-1)
         X_pending = torch.tensor(pending, dtype=torch.float64) if pending else None
-        # Reproducible yet different at each step: seeded from the sweep seed and the trial count.
-        step_seed = self.settings.seed * 100_003 + len(trials)
+        # Reproducible yet different at each step (and for each worker sharing the store): seeded
+        # from the sweep seed and the id of the first trial proposed.
+        step_seed = self.settings.seed * 100_003 + first_id
         generator = torch.Generator().manual_seed(step_seed)
         threads = torch.get_num_threads()
         # GP matrices here are at most a few hundred rows: extra threads only add synchronisation,
@@ -182,19 +218,37 @@ class BayesOpt:
         with torch.random.fork_rng():
             torch.manual_seed(step_seed)
             try:
-                explore = self._explore_phase(len(trials) + len(extra_pending))
-                model = _botorch.fit_model(X, Y, self.space, self.settings, self._hyper, refine=not explore)
-                self._hyper = _botorch.hyperparameters(model)
-                if explore:
-                    return _botorch.explore(
-                        model, X, Y, self.space, self.settings, q, X_pending, generator
-                    ).tolist()
-                acqf = _botorch.build_acquisition(model, X, Y, self.settings, self.space.dim)
-                return _botorch.optimize(
-                    acqf, X, Y, self.space, self.settings, q, X_pending, generator
-                ).tolist()
+                exploring = self._explore_phase(len(trials) + len(extra_pending))
+                if pruned:
+                    X, Y = self._with_pruned(X, Y, pruned, n_done=len(y) - len(failed))
+                model = fit_model(X, Y, self.space, self.settings, self._hyper, refine=not exploring)
+                self._hyper = hyperparameters(model)
+                proposal = Proposal(self.space, self.settings, X, Y, q, X_pending, generator)
+                if exploring:
+                    return explore(model, proposal).tolist()
+                acqf = build_acquisition(model, X, Y, self.settings, self.space.dim)
+                return optimize(acqf, proposal).tolist()
             finally:
                 torch.set_num_threads(threads)
+
+    def _with_pruned(
+        self, X: torch.Tensor, Y: torch.Tensor, pruned: list[Trial], n_done: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``X``, ``Y`` with each pruned trial imputed as a right-censored observation.
+
+        A pruned trial stopped below its peers, and its last report is not its final value (a
+        learning curve still rises). All the model is told is that the final value would not
+        have beaten the median of the completed trials' values (``Y``'s completed rows); each
+        pruned point enters at the mean of the GP fitted to the other data, truncated to that
+        bound (``censored_mean``), so it pulls the surface down where it was stopped without
+        claiming a value it never reached.
+        """
+        # Y holds the completed trials' values first, then the imputed failures.
+        bound = float(Y[:n_done].quantile(0.5))
+        model = fit_model(X, Y, self.space, self.settings, self._hyper)
+        X_pruned = torch.tensor([t.x for t in pruned], dtype=torch.float64)
+        y_pruned = censored_mean(model, X_pruned, bound)
+        return torch.cat([X, X_pruned]), torch.cat([Y, y_pruned.unsqueeze(-1)])
 
     def _explore_phase(self, n_proposed: int) -> bool:
         """Whether the next proposal, after ``n_proposed`` trials, belongs to the exploration phase."""

@@ -46,7 +46,8 @@ class ModelKind(str, Enum):
     fully_bayesian = "fully_bayesian"  # SAAS prior sampled with NUTS (Eriksson & Jankowiak 2021)
 
 
-# Optional[...] rather than "X | None": OmegaConf 2.3 reads these annotations for structured configs.
+# The sweeper's config extends this class, and OmegaConf checks every key against these annotations:
+# a wrong type fails at compose time. Keep to types it knows (primitives, enums, ``X | None``).
 @dataclass
 class BOSettings:
     """Everything the engine needs besides the search space; every field has a safe default."""

@@ -1,6 +1,7 @@
-"""Search spaces for Bayesian optimisation: typed parameters parsed from Hydra's override grammar.
+"""Parameter spaces for Bayesian optimisation: typed parameters parsed from Hydra's override grammar.
 
-A search space is an ordered tuple of parameters. The model works in an *encoded* space of the
+A ``ParamSpace`` (the search space of a sweep) is an ordered tuple of parameters. It is unrelated
+to the architecture search spaces of ``nasrun.space``. The model works in an *encoded* space of the
 same dimension ``d``:
 
 * ``Real`` and ``Integer`` map onto ``[0, 1]`` (after a log transform when tagged ``log``),
@@ -25,8 +26,8 @@ from typing import Any
 from nasrun import UserError
 
 
-class SearchSpaceError(UserError):
-    """A search-space definition that cannot be used; the message names the parameter."""
+class ParamSpaceError(UserError):
+    """A parameter-space definition that cannot be used; the message names the parameter."""
 
 
 @dataclass(frozen=True)
@@ -69,13 +70,13 @@ Parameter = Real | Integer | Categorical
 
 def _check_bounds(name: str, low: float, high: float, log: bool, spelling: str) -> None:
     if not (math.isfinite(low) and math.isfinite(high)):
-        raise SearchSpaceError(f"parameter '{name}': {spelling} needs finite bounds")
+        raise ParamSpaceError(f"parameter '{name}': {spelling} needs finite bounds")
     if low >= high:
-        raise SearchSpaceError(
+        raise ParamSpaceError(
             f"parameter '{name}': {spelling} is empty; the lower bound must be below the upper bound"
         )
     if log and low <= 0:
-        raise SearchSpaceError(f"parameter '{name}': tag(log, ...) needs a positive range, got {spelling}")
+        raise ParamSpaceError(f"parameter '{name}': tag(log, ...) needs a positive range, got {spelling}")
 
 
 def _make_parameter(override: Any) -> Parameter:
@@ -87,13 +88,13 @@ def _make_parameter(override: Any) -> Parameter:
     log = "log" in sweep.tags
     unknown_tags = set(sweep.tags) - {"log"}
     if unknown_tags:
-        raise SearchSpaceError(
+        raise ParamSpaceError(
             f"parameter '{name}': unknown tag(s) {sorted(unknown_tags)}; only 'log' is understood"
         )
     if isinstance(sweep, IntervalSweep):
         low, high = sweep.start, sweep.end
         if low is None or high is None:
-            raise SearchSpaceError(f"parameter '{name}': interval() needs both bounds")
+            raise ParamSpaceError(f"parameter '{name}': interval() needs both bounds")
         # Hydra's interval() always yields floats; int(interval(..)) casts both ends to int.
         is_int = isinstance(low, int) and isinstance(high, int)
         _check_bounds(name, float(low), float(high), log, f"interval({low}, {high})")
@@ -102,52 +103,52 @@ def _make_parameter(override: Any) -> Parameter:
         return Real(name, float(low), float(high), log)
     if isinstance(sweep, RangeSweep):
         if sweep.shuffle:
-            raise SearchSpaceError(
+            raise ParamSpaceError(
                 f"parameter '{name}': shuffle() has no meaning in a Bayesian-optimisation sweep"
             )
         if log:
-            raise SearchSpaceError(
+            raise ParamSpaceError(
                 f"parameter '{name}': tag(log, range(..)) is not supported; use tag(log, int(interval(..)))"
             )
         if not all(isinstance(v, int) for v in (sweep.start, sweep.stop, sweep.step)):
-            raise SearchSpaceError(
+            raise ParamSpaceError(
                 f"parameter '{name}': range() takes integers here; use interval() for floats or choice() for a list"
             )
         values = list(override.sweep_iterator())
         if not values or sweep.step <= 0:
-            raise SearchSpaceError(
+            raise ParamSpaceError(
                 f"parameter '{name}': range({sweep.start}, {sweep.stop}, {sweep.step}) holds no values"
             )
         if len(values) == 1:
-            raise SearchSpaceError(
+            raise ParamSpaceError(
                 f"parameter '{name}': range() holds a single value; set it as a fixed override"
             )
         return Integer(name, values[0], values[-1], int(sweep.step), False)
     if isinstance(sweep, ChoiceSweep):
         if log:
-            raise SearchSpaceError(f"parameter '{name}': tag(log, choice(..)) is not supported")
+            raise ParamSpaceError(f"parameter '{name}': tag(log, choice(..)) is not supported")
         choices = tuple(override.sweep_iterator())
         literals = tuple(override.sweep_string_iterator())
         if len(choices) == 0:
-            raise SearchSpaceError(f"parameter '{name}': choice() is empty")
+            raise ParamSpaceError(f"parameter '{name}': choice() is empty")
         if len(set(literals)) != len(literals):
-            raise SearchSpaceError(f"parameter '{name}': choice({', '.join(literals)}) repeats a value")
+            raise ParamSpaceError(f"parameter '{name}': choice({', '.join(literals)}) repeats a value")
         return Categorical(name, choices, literals)
-    raise SearchSpaceError(f"parameter '{name}': unsupported sweep {sweep!r}")
+    raise ParamSpaceError(f"parameter '{name}': unsupported sweep {sweep!r}")
 
 
-def parse_overrides(lines: Iterable[str]) -> tuple[SearchSpace, list[str]]:
-    """Splits Hydra override strings into a search space and fixed overrides.
+def parse_overrides(lines: Iterable[str]) -> tuple[ParamSpace, list[str]]:
+    """Splits Hydra override strings into a parameter space and fixed overrides.
 
     Args:
         lines: Overrides such as ``"trainer.lr=tag(log, interval(1e-4, 0.3))"`` or ``"data=cifar"``.
 
     Returns:
-        The search space made of the sweep overrides, and the non-sweep overrides unchanged
+        The parameter space made of the sweep overrides, and the non-sweep overrides unchanged
         (they are passed to every trial).
 
     Raises:
-        SearchSpaceError: One line naming the offending parameter.
+        ParamSpaceError: One line naming the offending parameter.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -161,12 +162,12 @@ def parse_overrides(lines: Iterable[str]) -> tuple[SearchSpace, list[str]]:
         except HydraException as e:
             key = line.split("=", 1)[0]
             # Hydra reports e.g. "ValueError while evaluating 'choice()': empty choice is not legal".
-            raise SearchSpaceError(f"parameter '{key}': {str(e).splitlines()[0]}") from None
+            raise ParamSpaceError(f"parameter '{key}': {str(e).splitlines()[0]}") from None
         if override.is_sweep_override():
             params.append(_make_parameter(override))
         else:
             fixed.append(line)
-    return SearchSpace(params), fixed
+    return ParamSpace(params), fixed
 
 
 def _format(value: Any) -> str:
@@ -176,26 +177,26 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-class SearchSpace:
-    """An ordered, immutable set of parameters and their encoding to model space.
+class ParamSpace:
+    """An ordered, immutable set of parameters (a sweep's search space) and their encoding to model space.
 
     Args:
         params: The parameters, in the column order of the encoded space.
 
     Raises:
-        SearchSpaceError: When the space is empty or a name repeats.
+        ParamSpaceError: When the space is empty or a name repeats.
     """
 
     def __init__(self, params: Sequence[Parameter]) -> None:
         if not params:
-            raise SearchSpaceError(
+            raise ParamSpaceError(
                 "the search space is empty: give parameters under hydra.sweeper.params, "
                 "e.g. 'hydra.sweeper.params.trainer.lr=tag(log, interval(1e-4, 0.1))'"
             )
         names = [p.name for p in params]
         for name in names:
             if names.count(name) > 1:
-                raise SearchSpaceError(f"parameter '{name}' is given twice")
+                raise ParamSpaceError(f"parameter '{name}' is given twice")
         self.params: tuple[Parameter, ...] = tuple(params)
 
     @property
@@ -245,7 +246,7 @@ class SearchSpace:
         u = min(max(u, 0.0), 1.0)
         if isinstance(p, Integer):
             # Nearest grid value in the searched scale, so log-integers round geometrically.
-            return min(p.values, key=lambda v: abs(SearchSpace._encode_one(p, v) - u))
+            return min(p.values, key=lambda v: abs(ParamSpace._encode_one(p, v) - u))
         if p.log:
             raw = math.exp(math.log(p.low) + u * (math.log(p.high) - math.log(p.low)))
         else:
@@ -291,7 +292,7 @@ class SearchSpace:
         )
 
     def __repr__(self) -> str:
-        return f"SearchSpace({list(self.params)!r})"
+        return f"ParamSpace({list(self.params)!r})"
 
 
 SWEEPER_PARAMS = "hydra.sweeper.params."

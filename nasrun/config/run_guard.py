@@ -34,6 +34,7 @@ NEUTRAL_KEYS = frozenset(
         "trainer.threads",
         "trainer.device",
         "trainer.eval_batch_size",
+        "trainer.tensorboard",
         "evaluator.workers",
         "data.root",
         "data.download",

@@ -1,20 +1,117 @@
-"""Dataclass schemas for every config group.
+"""The typed schemas of every config group, generated from the constructors they configure.
 
-Each YAML file in ``conf/<group>/`` starts its defaults list with ``<name>_schema``, so Hydra
-validates it against the dataclass at compose time: a misspelt key or a value of the wrong type
-stops the run before any data is loaded. (``conf/evaluator/tabular.yaml`` is a global config, so
-it places its schema with ``tabular_schema@evaluator``.) Value ranges (``epochs > 0`` ...) are
-checked by the constructors, which the pipeline calls before any training starts.
+A default is written once: in the signature of the class or function a config group instantiates
+(``Trainer``, ``OneShotSearch``, ``cifar10`` ...), next to the paper it comes from. Each schema here
+is built from that signature with hydra-zen's ``builds`` (one field per parameter, its type and its
+default), so the schema cannot disagree with the constructor. The YAML files in ``conf/<group>/``
+start their defaults list with ``<name>_schema`` and then write only what that option chooses
+differently (``search=pc_darts``'s partial-channel edges, say); ``tests/config/test_schema.py``
+refuses a YAML value that restates a default. ``nasrun ... --cfg job`` prints every value a run uses.
+
+Hydra validates a composed config against its schema, so a misspelt key or a value of the wrong
+type stops the run before any data is loaded. Value ranges (``epochs > 0`` ...) are checked by the
+constructors, which the pipeline calls before any training starts. Arguments that the pipeline
+passes at run time (a search's ``space`` and ``seed``) are left out of the schemas.
+
+The three configs that configure no constructor (the root, ``retrain`` and ``genotype``) are plain
+dataclasses below: there too a default is written in one place.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args
 
 from hydra.core.config_store import ConfigStore
+from hydra_zen import BuildsFn
 from omegaconf import MISSING
+
+from nasrun.data.cifar import cifar10
+from nasrun.data.digits import digits
+from nasrun.data.synthetic import synthetic
+from nasrun.evaluator.tabular import TabularEvaluator
+from nasrun.evaluator.train import TrainEvaluator
+from nasrun.search.bo_search import BayesianOptimization
+from nasrun.search.enas import ReinforceController
+from nasrun.search.evolution import RegularizedEvolution
+from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.pnas import PNAS
+from nasrun.search.random_search import RandomSearch
+from nasrun.search.reinforce import Reinforce
+from nasrun.search.rsps import UniformSampling
+from nasrun.search.samplers import GumbelMaxST, GumbelSoftmax
+from nasrun.search.snas import SingleLevel
+from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.space.nb201 import NB201Space
+from nasrun.train.trainer import Trainer
+
+
+class _Builds(BuildsFn[Any]):
+    """hydra-zen's ``builds``, reading ``X | None`` annotations as ``Optional[X]`` (which Hydra checks)."""
+
+    @classmethod
+    def _sanitized_type(cls, type_: Any, **kwargs: Any) -> Any:
+        if isinstance(type_, UnionType):
+            type_ = Union[get_args(type_)]  # noqa: UP007 - Hydra understands typing.Union, not |
+        return super()._sanitized_type(type_, **kwargs)
+
+
+#: What the pipeline passes to a search strategy when it builds it (not set by configs).
+SEARCH_RUNTIME_ARGS = ("space", "seed")
+
+
+def schema_of(
+    target: Callable[..., Any], name: str, *, partial: bool = False, runtime: tuple[str, ...] = ()
+) -> type:
+    """The schema of ``target``'s config: ``_target_`` and one field per parameter, with its default.
+
+    Args:
+        target: the class or function that the config group instantiates.
+        name: the schema's class name (error messages name it, e.g. ``OneShotSearchConfig``).
+        partial: the config builds a ``functools.partial`` (``_partial_: true``) that the pipeline
+            completes with the ``runtime`` arguments.
+        runtime: parameters the pipeline passes itself; they are not config keys.
+
+    Returns:
+        A dataclass type for Hydra's ConfigStore.
+    """
+    return _Builds.builds(  # type: ignore[no-any-return]
+        target,
+        populate_full_signature=True,
+        zen_partial=True if partial else None,
+        zen_exclude=runtime,
+        zen_dataclass={"cls_name": name, "module": __name__},
+    )
+
+
+def _search(target: Callable[..., Any], name: str) -> type:
+    return schema_of(target, name, partial=True, runtime=SEARCH_RUNTIME_ARGS)
+
+
+TrainerConfig = schema_of(Trainer, "TrainerConfig")
+CifarCellSpaceConfig = schema_of(CifarCellSpace, "CifarCellSpaceConfig")
+NB201SpaceConfig = schema_of(NB201Space, "NB201SpaceConfig")
+OneShotSearchConfig = _search(OneShotSearch, "OneShotSearchConfig")
+RandomSearchConfig = _search(RandomSearch, "RandomSearchConfig")
+EvolutionSearchConfig = _search(RegularizedEvolution, "EvolutionSearchConfig")
+ReinforceSearchConfig = _search(Reinforce, "ReinforceSearchConfig")
+PNASSearchConfig = _search(PNAS, "PNASSearchConfig")
+BOSearchConfig = _search(BayesianOptimization, "BOSearchConfig")
+# A one-shot search's pieces, placed under search.sampler / search.update by the method's file
+# (``- gumbel_max_st_schema@sampler``), so that their keys are typed and shown by --cfg job.
+GumbelMaxSTConfig = schema_of(GumbelMaxST, "GumbelMaxSTConfig")
+GumbelSoftmaxConfig = schema_of(GumbelSoftmax, "GumbelSoftmaxConfig")
+SingleLevelConfig = schema_of(SingleLevel, "SingleLevelConfig")
+UniformSamplingConfig = schema_of(UniformSampling, "UniformSamplingConfig")
+ReinforceControllerConfig = schema_of(ReinforceController, "ReinforceControllerConfig")
+TrainEvaluatorConfig = schema_of(TrainEvaluator, "TrainEvaluatorConfig")
+TabularEvaluatorConfig = schema_of(TabularEvaluator, "TabularEvaluatorConfig")
+CifarDataConfig = schema_of(cifar10, "CifarDataConfig")  # cifar100 has the same parameters
+DigitsDataConfig = schema_of(digits, "DigitsDataConfig")
+SyntheticDataConfig = schema_of(synthetic, "SyntheticDataConfig")
 
 
 class Task(str, Enum):
@@ -24,10 +121,10 @@ class Task(str, Enum):
 
 @dataclass
 class NasrunConfig:
-    task: Task = Task.nas
-    seed: int = 0
-    resume: bool = False
-    genotype_path: str | None = None
+    task: Task = Task.nas  # nas: search then retrain; retrain: retrain genotype=NAME or genotype_path=PATH
+    seed: int = 0  # seeds the search, the retraining and the data order
+    resume: bool = False  # true: continue the run in hydra.run.dir from its checkpoints
+    genotype_path: str | None = None  # a genotype.json to retrain (task=retrain)
     search: Any = None
     space: Any = MISSING
     data: Any = None
@@ -38,182 +135,20 @@ class NasrunConfig:
 
 
 @dataclass
-class TrainerConfig:
-    _target_: str = "nasrun.train.trainer.Trainer"
-    device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = False
-    compile: bool = False
-    epochs: int = 600
-    batch_size: int = 96
-    lr: float = 0.025
-    lr_min: float = 0.0
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    eval_batch_size: int = 256
-    threads: Any = "auto"  # "auto" or a positive int (OmegaConf has no int | str); checked by Trainer
-
-
-@dataclass
 class RetrainConfig:
-    enabled: bool = True
-    network: dict[str, Any] = field(default_factory=dict)
-    auxiliary_weight: float = 0.4
-    drop_path: float = 0.2
-    cutout: int = 16
-
-
-@dataclass
-class CifarCellSpaceConfig:
-    _target_: str = "nasrun.space.cifar_cell.CifarCellSpace"
-    layers: int = 8
-    channels: int = 16
-    nodes: int = 4
-    stem_multiplier: int = 3
-    ops: list[str] = field(default_factory=list)
-
-
-@dataclass
-class OneShotSearchConfig:
-    _target_: str = "nasrun.search.oneshot.OneShotSearch"
-    _partial_: bool = True
-    edge: Any = None
-    edge_normalisation: bool = False
-    order: int = 1
-    epochs: int = 50
-    warmup_epochs: int = 0
-    early_stop: Any = None
-    stages: Any = None
-    max_skips: int | None = None
-    evaluate_derived: bool = False
-    batch_size: int = 64
-    train_portion: float = 0.5
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4
-    arch_betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
-    arch_weight_decay: float = 1e-3
-    unrolled_eps: float = 0.01
-    # The black-box strategies' budget, declared here so that `nasrun -m search=evolution,bo
-    # search.budget=30` composes: a multirun first composes the default search=darts. A one-shot
-    # search refuses any value but null (it runs search.epochs epochs).
-    budget: int | None = None
-
-
-@dataclass
-class RandomSearchConfig:
-    _target_: str = "nasrun.search.random_search.RandomSearch"
-    _partial_: bool = True
-    budget: int = 100
-
-
-@dataclass
-class EvolutionSearchConfig:
-    _target_: str = "nasrun.search.evolution.RegularizedEvolution"
-    _partial_: bool = True
-    budget: int = 100
-    population: int = 20
-    sample: int = 5
-
-
-@dataclass
-class ReinforceSearchConfig:
-    _target_: str = "nasrun.search.reinforce.Reinforce"
-    _partial_: bool = True
-    budget: int = 100
-    batch: int = 5
-    hidden: int = 64
-    lr: float = 0.01
-    baseline_decay: float = 0.9
-    entropy_weight: float = 1e-4
-
-
-@dataclass
-class PNASSearchConfig:
-    _target_: str = "nasrun.search.pnas.PNAS"
-    _partial_: bool = True
-    budget: int = 100
-    beam: int = 256
-    k: int = 10
-    completions: int = 16
-    members: int = 5
-
-
-@dataclass
-class BOSearchConfig:
-    _target_: str = "nasrun.search.bo_search.BayesianOptimization"
-    _partial_: bool = True
-    budget: int = 100
-    n_init: int = 10
-    n_parents: int = 10
-    n_random: int = 100
-    refit_every: int = 10
-
-
-@dataclass
-class NB201SpaceConfig:
-    _target_: str = "nasrun.space.nb201.NB201Space"
-    channels: int = 16
-    cells: int = 5
-
-
-@dataclass
-class TrainEvaluatorConfig:
-    _target_: str = "nasrun.evaluator.train.TrainEvaluator"
-    epochs: int = 12
-    network: dict[str, Any] = field(default_factory=dict)
-    workers: int = 1
-
-
-@dataclass
-class TabularEvaluatorConfig:
-    _target_: str = "nasrun.evaluator.tabular.TabularEvaluator"
-    table: str = MISSING
-
-
-@dataclass
-class CifarDataConfig:
-    _target_: str = "nasrun.data.cifar.cifar10"
-    root: str = "~/.cache/nasrun"
-    download: bool = True
-    val_portion: float = 0.0
-    split_seed: int = 0
-    limit: int | None = None
-
-
-@dataclass
-class DigitsDataConfig:
-    _target_: str = "nasrun.data.digits.digits"
-    image_size: int = 16
-    val_portion: float = 0.2
-    test_portion: float = 0.2
-    split_seed: int = 0
-    crop_padding: int = 1
-
-
-@dataclass
-class SyntheticDataConfig:
-    _target_: str = "nasrun.data.synthetic.synthetic"
-    n_train: int = 512
-    n_test: int = 128
-    image_size: int = 32
-    in_channels: int = 3
-    num_classes: int = 10
-    val_portion: float = 0.2
-    seed: int = 0
+    enabled: bool = True  # false: stop after the search (the search's own numbers are the result)
+    network: dict[str, Any] = field(default_factory=dict)  # passed to space.build_network (its size)
+    auxiliary_weight: float = 0.4  # DARTS (Liu et al. 2019, Sec. 3.3): auxiliary loss weight 0.4
+    drop_path: float = 0.2  # DARTS: drop-path probability 0.2, ramped linearly over the epochs
+    cutout: int = 16  # DARTS: cutout of 16x16 pixels (DeVries & Taylor 2017)
 
 
 @dataclass
 class GenotypeConfig:
-    name: str = ""
-    space: str = "cifar_cell"
-    normal: list[Any] = field(default_factory=list)
-    normal_concat: list[int] = field(default_factory=list)
+    name: str = ""  # the cell's name in reports
+    space: str = "cifar_cell"  # the space the cell belongs to
+    normal: list[Any] = field(default_factory=list)  # (op, input) pairs, two per node
+    normal_concat: list[int] = field(default_factory=list)  # nodes concatenated into the output
     reduce: list[Any] = field(default_factory=list)
     reduce_concat: list[int] = field(default_factory=list)
 
@@ -229,6 +164,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "reinforce_schema": ReinforceSearchConfig,
         "pnas_schema": PNASSearchConfig,
         "bo_schema": BOSearchConfig,
+        "gumbel_max_st_schema": GumbelMaxSTConfig,
+        "gumbel_softmax_schema": GumbelSoftmaxConfig,
+        "single_level_schema": SingleLevelConfig,
+        "uniform_sampling_schema": UniformSamplingConfig,
+        "reinforce_controller_schema": ReinforceControllerConfig,
     },
     "evaluator": {"train_schema": TrainEvaluatorConfig, "tabular_schema": TabularEvaluatorConfig},
     "data": {

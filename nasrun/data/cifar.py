@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,18 @@ _STATS = {
 }
 
 
+def data_root(root: str | None) -> Path:
+    """Where the archives live: ``root``, else ``$NASRUN_DATA``, else ``~/.cache/nasrun``."""
+    return Path(root or os.environ.get("NASRUN_DATA") or "~/.cache/nasrun").expanduser()
+
+
 def _load(
-    name: str, root: str, download: bool, limit: int | None = None
+    name: str, root: str | None, download: bool, limit: int | None = None
 ) -> tuple[TensorSplit, TensorSplit, int]:
     from torchvision import datasets
 
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
-    path = Path(root).expanduser()
+    path = data_root(root)
     try:
         train = cls(str(path), train=True, download=download)
         test = cls(str(path), train=False, download=download)
@@ -50,11 +56,11 @@ def _load(
 
 
 def cifar10(
-    root: str = "~/.cache/nasrun",
-    download: bool = True,
-    val_portion: float = 0.0,
-    split_seed: int = 0,
-    limit: int | None = None,
+    root: str | None = None,  # None: $NASRUN_DATA, else ~/.cache/nasrun
+    download: bool = True,  # try to download when absent
+    val_portion: float = 0.0,  # DARTS retrains on all 50,000 images; e.g. 0.1 for a sweep's validation objective
+    split_seed: int = 0,  # fixes the train/val split independently of the run's seed
+    limit: int | None = None,  # keep the first N training and N test images (smoke runs); None: all
 ) -> DataModule:
     """CIFAR-10; ``val_portion`` of the 50,000 training images may be held out for validation.
 
@@ -65,11 +71,11 @@ def cifar10(
 
 
 def cifar100(
-    root: str = "~/.cache/nasrun",
-    download: bool = True,
-    val_portion: float = 0.0,
-    split_seed: int = 0,
-    limit: int | None = None,
+    root: str | None = None,  # None: $NASRUN_DATA, else ~/.cache/nasrun
+    download: bool = True,  # try to download when absent
+    val_portion: float = 0.0,  # DARTS retrains on all 50,000 images; e.g. 0.1 for a sweep's validation objective
+    split_seed: int = 0,  # fixes the train/val split independently of the run's seed
+    limit: int | None = None,  # keep the first N training and N test images (smoke runs); None: all
 ) -> DataModule:
     """CIFAR-100, as ``cifar10``.
 

@@ -10,11 +10,11 @@ from nasrun.data.base import DataModule, TensorSplit
 
 
 def digits(
-    image_size: int = 16,
-    val_portion: float = 0.2,
-    test_portion: float = 0.2,
-    split_seed: int = 0,
-    crop_padding: int = 1,
+    image_size: int = 16,  # resized from 8x8 so that two stride-2 reductions leave a 4x4 map
+    val_portion: float = 0.2,  # of the non-test images: the validation split (the sweep objective)
+    test_portion: float = 0.2,  # of all images: the fixed test split
+    split_seed: int = 0,  # fixes both splits independently of the run's seed
+    crop_padding: int = 1,  # random crop after 1-pixel padding (CIFAR uses 4 at 32x32)
 ) -> DataModule:
     """The digits data set, resized to ``image_size`` and normalised, with fixed splits.
 

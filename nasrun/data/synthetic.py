@@ -9,13 +9,13 @@ from nasrun.data.base import DataModule, TensorSplit
 
 
 def synthetic(
-    n_train: int = 512,
-    n_test: int = 128,
-    image_size: int = 32,
-    in_channels: int = 3,
-    num_classes: int = 10,
-    val_portion: float = 0.2,
-    seed: int = 0,
+    n_train: int = 512,  # training images
+    n_test: int = 128,  # test images
+    image_size: int = 32,  # CIFAR-sized
+    in_channels: int = 3,  # RGB
+    num_classes: int = 10,  # CIFAR-10-like
+    val_portion: float = 0.2,  # validation split of the training images
+    seed: int = 0,  # seeds the images and labels
 ) -> DataModule:
     """Gaussian images ``[N, in_channels, image_size, image_size]`` with uniform labels."""
     if n_train < 2 or n_test < 1:

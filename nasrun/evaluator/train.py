@@ -49,7 +49,12 @@ class TrainEvaluator:
             search process).
     """
 
-    def __init__(self, epochs: int = 12, network: dict[str, Any] | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        epochs: int = 12,  # NAS-Bench-201's short schedule (12 epochs; its full schedule is 200)
+        network: dict[str, Any] | None = None,  # size arguments for space.build_network; None: the space's
+        workers: int = 1,  # children trained at once in spawned processes (1: in the search process); same scores
+    ) -> None:
         if epochs <= 0:
             raise UserError(f"evaluator.epochs must be > 0, got {epochs}")
         if workers < 1:

@@ -1,1 +1,1 @@
-"""Reporting: rich console output, result files and plots."""
+"""Reporting: rich console output, result files, plots, cell diagrams and the ``nasrun-report`` command."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nasrun import UserError
 from nasrun.evaluator.base import ParallelEvaluator
 from nasrun.report.console import get_console, progress_bar
-from nasrun.run_folder import HistoryLog, load_checkpoint, save_checkpoint
+from nasrun.run_folder import HistoryLog, RecordSink, load_checkpoint, save_checkpoint
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
 
@@ -47,6 +47,8 @@ class SearchContext:
             tabular-benchmark run never loads images).
         trainer: the trainer (device, precision, optimiser settings).
         evaluator: scores genotypes for black-box strategies.
+        sinks: receive each epoch's record of a one-shot search's history (with TensorBoard's):
+            a sweep's per-epoch reports, when the search's accuracy is the run's objective.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class SearchContext:
         data: DataModule | Callable[[], DataModule] | None = None,
         trainer: Trainer | None = None,
         evaluator: Evaluator | None = None,
+        sinks: Sequence[RecordSink] = (),
     ) -> None:
         self.space = space
         self.run_dir = run_dir
@@ -66,6 +69,7 @@ class SearchContext:
         self._data = data
         self.trainer = trainer
         self.evaluator = evaluator
+        self.sinks = list(sinks)
 
     @property
     def data(self) -> DataModule | None:
@@ -80,11 +84,10 @@ class SearchContext:
 
 @dataclass
 class SearchResult:
-    """What a search returns: the chosen genotype, its metrics and the per-step history."""
+    """What a search returns: the chosen genotype and its metrics (the steps are in ``history.jsonl``)."""
 
     genotype: Genotype
     metrics: dict[str, Any] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class SearchStrategy(Protocol):
@@ -211,7 +214,6 @@ class BlackBoxStrategy(ABC):
                 "search_test_acc": best["test_acc"],
                 "n_evaluations": len(log.records),
             },
-            history=log.records,
         )
 
 

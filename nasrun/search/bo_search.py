@@ -50,11 +50,11 @@ class BayesianOptimization(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,
-        n_init: int = 10,
-        n_parents: int = 10,
-        n_random: int = 100,
-        refit_every: int = 10,
+        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        n_init: int = 10,  # random architectures before the first GP fit (BANANAS, White et al. 2021: 10)
+        n_parents: int = 10,  # incumbents whose one-decision neighbours are candidates (BANANAS: top 10)
+        n_random: int = 100,  # uniform candidates per step, for exploration (BANANAS: 100 per step)
+        refit_every: int = 10,  # evaluations between hyperparameter fits (BANANAS refits every 10 queries)
     ) -> None:
         super().__init__(space, seed, budget)
         if n_init < 2 or n_parents < 1 or n_random < 0 or refit_every < 1:

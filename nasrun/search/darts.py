@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from nasrun.train.trainer import NonFiniteLossError, Trainer, cross_entropy
+from nasrun.train.runtime import NonFiniteLossError, cross_entropy
+from nasrun.train.trainer import Trainer
 
 
 class DartsStepper:
@@ -53,7 +54,7 @@ class DartsStepper:
         arch_lr: float,
         arch_betas: Sequence[float],
         arch_weight_decay: float,
-        unrolled_eps: float = 0.01,
+        unrolled_eps: float,
     ):
         self.module = supernet
         self.unrolled_eps = unrolled_eps
@@ -138,11 +139,10 @@ class DartsStepper:
     ) -> torch.Tensor:
         """Training-mode loss of the supernet with ``weights`` substituted for its own.
 
-        Buffers are passed as copies, so these extra forward passes leave the BatchNorm running
-        statistics as the ordinary steps set them.
+        It updates the BatchNorm running statistics like any training pass; ``unrolled_arch_grad``
+        restores them afterwards.
         """
-        params: dict[str, torch.Tensor] = dict(zip(self.weight_names, weights))
-        params.update({n: b.clone() for n, b in self.module.named_buffers()})
+        params: dict[str, torch.Tensor] = dict(zip(self.weight_names, weights, strict=True))
         with self.trainer.autocast():
             logits = functional_call(self.module, params, (x,))
         return cross_entropy(logits, y)
@@ -157,6 +157,20 @@ class DartsStepper:
         weight optimiser would take), ``w+- = w +- eps * grad_w' L_val(w', alpha)`` and
         ``eps = unrolled_eps / ||grad_w' L_val||`` (Liu et al. 2019, Eq. 7-8: ``unrolled_eps = 0.01``).
         """
+        # The four extra passes run in training mode, which normalises with the batch's own
+        # statistics: the running statistics they record change no output and are put back after,
+        # so the ordinary steps alone set them (one copy of all buffers, not one per pass).
+        buffers = list(self.module.buffers())
+        saved = [b.clone() for b in buffers]
+        try:
+            return self._unrolled_arch_grad(x_train, y_train, x_val, y_val)
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, saved)
+
+    def _unrolled_arch_grad(
+        self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor
+    ) -> list[torch.Tensor]:
         xi = self.w_opt.param_groups[0]["lr"]
         w = [p.detach() for p in self.weights]
         loss_t = self._functional_loss(self.weights, x_train, y_train)

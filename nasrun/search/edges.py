@@ -51,6 +51,7 @@ class DenseEdge(nn.Module):
         super().__init__()
         self.index: list[int] = []  # position of each computed op in the weight vector
         self.pre_relu: list[bool] = []
+        self.names: list[str] = []  # the computed ops' names
         self.ops = nn.ModuleList()
         for k, name in enumerate(ops):
             if name == "none":
@@ -62,6 +63,7 @@ class DenseEdge(nn.Module):
             self.ops.append(op)
             self.index.append(k)
             self.pre_relu.append(had_relu)
+            self.names.append(name)
         self.any_relu = any(self.pre_relu)
         self.stride = stride
         self.C = C
@@ -84,6 +86,62 @@ class DenseEdge(nn.Module):
             out = y if out is None else out + y
         assert out is not None
         return out
+
+    @staticmethod
+    def fan_out(edges: Sequence[DenseEdge], x: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+        """The mixed outputs of several edges that read the same state ``x`` (see the fused path below).
+
+        Args:
+            edges: edges of the same cell with the same channels and stride; their candidate
+                ops may differ (pruned per edge).
+            x: ``[B, C, H, W]``, the state they read.
+            weights: ``[len(edges), n_ops]``, each edge's normalised op weights.
+
+        Returns:
+            Per edge, ``[B, C, H/stride, W/stride]``: what ``edge(x, weights[i])`` returns.
+        """
+        k = len(edges)
+        if k == 1 or any(not e.ops for e in edges):
+            return [e(x, w) for e, w in zip(edges, weights, strict=True)]
+        xr = F.relu(x) if any(e.any_relu for e in edges) else x
+        members: dict[str, list[tuple[int, nn.Module, int]]] = {}  # op name -> (edge, module, weight index)
+        for i, e in enumerate(edges):
+            for op, j, name in zip(e.ops, e.index, e.names, strict=True):
+                members.setdefault(name, []).append((i, op, j))
+        stride = edges[0].stride
+        acc: torch.Tensor | None = None  # [B, k, C, H', W']
+        for name, group in members.items():
+            who = [i for i, _, _ in group]
+            mods = [m for _, m, _ in group]
+            w = weights[who, [j for _, _, j in group]]  # [m]
+            m = len(group)
+            if name.endswith("pool_3x3"):
+                pooled = mods[0][0](x)  # type: ignore[index]
+                h = _shared_bn(pooled, [op[1] for op in mods])  # type: ignore[index]
+            elif name == "skip_connect" and stride == 1:
+                h = x.unsqueeze(1)
+                rate = edges[who[0]].skip_dropout
+                if rate > 0 and edges[0].training:
+                    h = F.dropout(h.expand(-1, m, -1, -1, -1), rate, True)  # a mask per edge
+            elif name.startswith(("sep_conv", "dil_conv", "nor_conv")):
+                out = _stacked_op(name, xr, mods)
+                h = out.view(out.shape[0], m, out.shape[1] // m, *out.shape[2:])
+            elif name == "skip_connect" and all(isinstance(op, FactorizedReduce) for op in mods):
+                h = _stacked_factorized_reduce(xr, mods)  # type: ignore[arg-type]
+            else:  # another op (a stride-2 skip, say): edge by edge
+                relu = edges[who[0]].pre_relu[edges[who[0]].names.index(name)]
+                h = torch.stack([op(xr if relu else x) for op in mods], dim=1)
+            w = w.view(1, m, 1, 1, 1)
+            if m < k:  # the op is a candidate on some of the edges only
+                contrib = w * h
+                contrib = contrib.new_zeros(contrib.shape[0], k, *contrib.shape[2:]).index_add(
+                    1, torch.tensor(who, device=x.device), contrib
+                )
+                acc = contrib if acc is None else acc + contrib
+            else:  # one multiply-add for all the edges
+                acc = w * h if acc is None else torch.addcmul(acc, w, h)
+        assert acc is not None
+        return list(acc.unbind(1))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -125,3 +183,127 @@ class PartialChannelEdge(nn.Module):
         through, rest = x[:, : self.part], x[:, self.part :]
         out = torch.cat([self.mixed(through, weights), self.bypass(rest)], dim=1)
         return channel_shuffle(out, self.k)
+
+    @staticmethod
+    def fan_out(
+        edges: Sequence[PartialChannelEdge], x: torch.Tensor, weights: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """The outputs of several edges that read ``x``: their channel slices mixed together."""
+        k = edges[0].k
+        if k == 1 or any(e.k != k for e in edges):
+            return [e(x, w) for e, w in zip(edges, weights, strict=True)]
+        part = edges[0].part
+        mixed = DenseEdge.fan_out([e.mixed for e in edges], x[:, :part], weights)
+        rest = edges[0].bypass(x[:, part:])  # parameter-free: the same on every edge
+        return [channel_shuffle(torch.cat([m, rest], dim=1), k) for m in mixed]
+
+
+# -- the fused path: every edge that reads one state, at once --------------------------------------
+#
+# The edges that leave one state of a cell all read the same tensor. ``DenseEdge.fan_out`` computes
+# their mixed outputs together, with the same mathematics as calling each edge:
+#
+# - the ReLU that starts the convolution ops runs once per state, not once per edge;
+# - pooling (and, stride 2, its strides) is the same function of the same input on every edge, and
+#   a non-affine BatchNorm in training mode normalises with the batch's own statistics, so the
+#   pooled-and-normalised output (and the running statistics it records) is computed once and the
+#   statistics are copied to every edge's BatchNorm;
+# - the identity skip is the input itself;
+# - each convolution op runs as one stacked call over the edges that have it: the input repeated
+#   once per edge, depthwise convolutions with every edge's filters (groups = edges x channels),
+#   pointwise convolutions with groups = edges (each edge keeps its own weights), and one
+#   non-affine BatchNorm over the stacked channels (per-channel statistics, so the same as one per
+#   edge); the running statistics are written back to each edge's BatchNorm;
+# - the weighted sum over the ops is one broadcast multiply-add per op for all the edges.
+#
+# The parameters stay in the edges' own modules (the stacked weights are concatenated views in the
+# autograd graph), so checkpoints, derivation and every method see the plain modules.
+
+
+def _shared_bn(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+    """The same non-affine BatchNorm of ``x`` ``[B, C, H, W]`` on several edges: ``[B, 1 or m, C, H, W]``.
+
+    In training mode the output and the running statistics are the same on every edge: computed
+    once, statistics copied. In evaluation mode each edge uses its own running statistics.
+    """
+    if not bns[0].training:
+        return torch.stack([bn(x) for bn in bns], dim=1)
+    out = bns[0](x).unsqueeze(1)
+    if len(bns) > 1:
+        with torch.no_grad():
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                first = getattr(bns[0], name)
+                torch._foreach_copy_([getattr(bn, name) for bn in bns[1:]], [first] * (len(bns) - 1))
+    return out
+
+
+def _stacked_bn(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+    """One non-affine BatchNorm over the channels of ``len(bns)`` stacked edges; statistics written back."""
+    bn0 = bns[0]
+    means: list[torch.Tensor] = [b.running_mean for b in bns]  # type: ignore[misc]
+    variances: list[torch.Tensor] = [b.running_var for b in bns]  # type: ignore[misc]
+    mean, var = torch.cat(means), torch.cat(variances)
+    if not bn0.training:
+        return F.batch_norm(x, mean, var, None, None, False, 0.0, bn0.eps)
+    out = F.batch_norm(x, mean, var, None, None, True, bn0.momentum or 0.0, bn0.eps)
+    with torch.no_grad():  # one multi-tensor call each, not one small copy per edge
+        k = len(bns)
+        torch._foreach_copy_(means, list(mean.chunk(k)))
+        torch._foreach_copy_(variances, list(var.chunk(k)))
+        torch._foreach_add_([b.num_batches_tracked for b in bns], 1)  # type: ignore[misc]
+    return out
+
+
+def _stacked_dilconv(x: torch.Tensor, blocks: Sequence[Sequence[nn.Module]], k: int) -> torch.Tensor:
+    """``k`` edges' (depthwise conv, pointwise conv, BN) blocks on ``x`` ``[B, k*C, H, W]`` (edge-major)."""
+    dw0 = blocks[0][0]
+    assert isinstance(dw0, nn.Conv2d)
+    dw = torch.cat([b[0].weight for b in blocks])  # type: ignore[misc]  # [k*C, 1, kh, kw]
+    pw = torch.cat([b[1].weight for b in blocks])  # type: ignore[misc]  # [k*C_out, C, 1, 1]
+    h = F.conv2d(x, dw, None, dw0.stride, dw0.padding, dw0.dilation, groups=x.shape[1])
+    h = F.conv2d(h, pw, None, 1, 0, 1, groups=k)
+    return _stacked_bn(h, [b[2] for b in blocks])  # type: ignore[misc]
+
+
+def _stacked_op(name: str, xr: torch.Tensor, ops: Sequence[nn.Module]) -> torch.Tensor:
+    """``len(ops)`` edges' op ``name`` on the ReLU'd input: ``[B, k*C, H', W']``, edge-major channels.
+
+    The ops are the edges' modules with their leading ReLU stripped: a nor_conv is (conv, BN); a
+    dil_conv is (depthwise, pointwise, BN); a sep_conv is that block followed by a whole DilConv
+    (ReLU, depthwise, pointwise, BN).
+    """
+    k = len(ops)
+    if name.startswith("nor_conv"):  # (conv, BN): NAS-Bench-201's plain convolutions
+        conv0 = ops[0][0]  # type: ignore[index]
+        assert isinstance(conv0, nn.Conv2d)
+        weight = torch.cat([op[0].weight for op in ops])  # type: ignore[index]
+        h = F.conv2d(_repeat(xr, k), weight, None, conv0.stride, conv0.padding, conv0.dilation, groups=k)
+        return _stacked_bn(h, [op[1] for op in ops])  # type: ignore[index]
+    if name.startswith("dil_conv"):
+        return _stacked_dilconv(_repeat(xr, k), [list(op.children()) for op in ops], k)
+    first = [list(op[0].children()) for op in ops]  # type: ignore[index]
+    h = _stacked_dilconv(_repeat(xr, k), first, k)
+    second = [list(op[1].children())[1:] for op in ops]  # type: ignore[index]
+    return _stacked_dilconv(F.relu(h), second, k)
+
+
+def _stacked_factorized_reduce(xr: torch.Tensor, ops: Sequence[FactorizedReduce]) -> torch.Tensor:
+    """``m`` edges' stride-2 skips (their ReLU done) on one input: ``[B, m, C, H/2, W/2]``."""
+    m = len(ops)
+    c1 = F.conv2d(xr, torch.cat([op.conv_1.weight for op in ops]), None, 2)
+    c2 = F.conv2d(xr[:, :, 1:, 1:], torch.cat([op.conv_2.weight for op in ops]), None, 2)
+    B, half, H, W = c1.shape
+    h = torch.cat([c1.view(B, m, half // m, H, W), c2.view(B, m, half // m, H, W)], dim=2)
+    out = _stacked_bn(h.reshape(B, 2 * half, H, W), [op.bn for op in ops])
+    return out.view(B, m, 2 * half // m, H, W)
+
+
+def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x`` ``[B, C, H, W]`` -> ``[B, k*C, H, W]`` (k copies), in ``x``'s memory format."""
+    if k == 1:
+        return x
+    fmt = (
+        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else None
+    )
+    out = x.repeat(1, k, 1, 1)
+    return out.contiguous(memory_format=fmt) if fmt is not None else out

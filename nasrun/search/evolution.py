@@ -40,7 +40,12 @@ class RegularizedEvolution(BlackBoxStrategy):
     """
 
     def __init__(
-        self, space: SearchSpace, seed: int = 0, budget: int = 100, population: int = 20, sample: int = 5
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        population: int = 20,  # P, scaled to a 100-query budget (Real et al. use 100 for 20k models)
+        sample: int = 5,  # S: tournament size, P/4 as in Real et al.'s P=100, S=25
     ) -> None:
         super().__init__(space, seed, budget)
         if population < 1 or not 1 <= sample <= population:

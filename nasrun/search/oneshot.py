@@ -4,11 +4,16 @@ Who owns what:
 
 - the **space** describes its supernet (``topology()``), builds the macro skeleton
   (``build_supernet(make_edge=...)``) and derives the discrete cell (``derive(weights)``);
-- the **method** chooses how an edge mixes its ops (``search.edge``: a dense weighted sum, or
-  partial channels), whether edges are normalised (PC-DARTS's β), how the architecture is updated
-  (``search.order``: first order or unrolled second order), and when architecture steps start
+- the **method** chooses how an edge mixes its ops (``search.edge``: a dense weighted sum, partial
+  channels, or only the sampled ops), how the edges' weights come from the architecture parameters
+  (``search.sampler``: softmax, Gumbel-softmax, Gumbel-max straight-through, with an annealed
+  temperature), whether edges are normalised (PC-DARTS's β), how the architecture is updated
+  (``search.order``: first order or unrolled second order; ``search.update``: single-level,
+  uniform sampling, a REINFORCE controller), and when architecture steps start
   (``search.warmup_epochs``) and the search stops (``search.early_stop``);
-- the **loop** here owns epochs, checkpoints and resume, the history file and progress.
+- the **loop** here owns epochs, checkpoints and resume, the history file and progress; it calls
+  the method's hooks at the start of an epoch (the temperature) and at its end (``EpochHooks``:
+  ENAS's controller phase, the sample-and-score derivation of RSPS and ENAS).
 
 ``OneShotNetwork`` registers its architecture parameters in a module of their own (``arch``), so
 ``weight_parameters()`` and ``arch_parameters()`` are disjoint and cover every parameter by
@@ -17,6 +22,7 @@ construction, whatever a method adds: no parameter is recognised by its name.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,9 +41,12 @@ from nasrun.search.base import SearchContext, SearchResult
 from nasrun.search.darts import DartsStepper
 from nasrun.search.early_stop import EarlyStop
 from nasrun.search.edges import DenseEdge
+from nasrun.search.samplers import ArchSampler
+from nasrun.search.steppers import ArchUpdate, EpochData, EpochHooks
 from nasrun.space.base import EdgeFactory, OneShotSpace, SearchSpace
 from nasrun.space.genotype import Genotype
-from nasrun.train.trainer import Trainer, epoch_generator
+from nasrun.train.runtime import epoch_generator
+from nasrun.train.trainer import Trainer
 
 
 class ArchParameters(nn.Module):
@@ -83,6 +92,8 @@ class OneShotNetwork(nn.Module):
         edge_ops: per cell type, each edge's candidate ops (the same number on every edge); default:
             the space's ops everywhere. Methods that prune candidates per edge pass their own.
         layers: the supernet's depth, if not the space's (methods that deepen it by stages).
+        sampler: how the edges' weights are drawn from the alphas on each forward pass; ``None``:
+            their softmax (DARTS).
     """
 
     def __init__(
@@ -94,9 +105,13 @@ class OneShotNetwork(nn.Module):
         edge_normalisation: bool = False,
         edge_ops: dict[str, list[list[str]]] | None = None,
         layers: int | None = None,
+        sampler: ArchSampler | None = None,
     ) -> None:
         super().__init__()
         self.space = space
+        self.sampler = sampler
+        # A whole cell's weights that a method sets for the next forward passes (RSPS, ENAS).
+        self.fixed: dict[str, torch.Tensor] | None = None
         self.topology = space.topology()
         self.node_slices = self.topology.node_slices()
         if edge_ops is None:
@@ -131,8 +146,30 @@ class OneShotNetwork(nn.Module):
             for t, b in self.arch.betas.items()
         }
 
+    def forward_weights(self) -> dict[str, torch.Tensor]:
+        """Per cell type, ``[n_edges, n_ops]``: what the edges get on this forward pass.
+
+        The cell set by ``set_architecture`` if any; else the sampler's draw (training mode) or its
+        noise-free weights (evaluation mode); else the softmax of the alphas.
+        """
+        if self.fixed is not None:
+            return self.fixed
+        if self.sampler is None:
+            return self.op_weights()
+        alphas = dict(self.arch.alphas.items())
+        return self.sampler.sample(alphas) if self.training else self.sampler.mode(alphas)
+
+    def set_architecture(self, weights: dict[str, torch.Tensor] | None) -> None:
+        """Run the cell given by ``weights`` (per cell type ``[n_edges, n_ops]``) until changed; ``None``: stop."""
+        self.fixed = weights
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """The loop's hook at the start of ``epoch`` (from 0) of ``epochs``: the sampler's temperature."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch, epochs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skeleton(x, self.op_weights(), self.edge_scales())
+        return self.skeleton(x, self.forward_weights(), self.edge_scales())
 
     @torch.no_grad()
     def strengths(self) -> dict[str, torch.Tensor]:
@@ -238,34 +275,43 @@ class OneShotSearch:
         max_skips: the derived normal cell keeps at most this many skip-connects (P-DARTS: M = 2).
         evaluate_derived: after every epoch, score the derived cell with the run's evaluator (a
             tabular benchmark's look-up, say) and record it in the history as
-            ``derived_val_acc`` / ``derived_test_acc``. The score never feeds back into the search.
+            ``derived_val_acc`` / ``derived_test_acc`` (the last epoch's also in the result). The
+            score never feeds back into the search. ``None``: on when the evaluator is free (a
+            look-up table: ``evaluator=tabular``), off otherwise.
+        sampler: how the edges' weights are drawn from the alphas (``nasrun.search.samplers``:
+            GDAS's Gumbel-max straight-through, SNAS's Gumbel-softmax); ``None``: the softmax.
+        update: how the architecture is updated, if not by DARTS's bilevel steps
+            (``nasrun.search.snas.SingleLevel``, ``rsps.UniformSampling``,
+            ``enas.ReinforceController``); it checks the other settings when the search is built.
     """
 
     def __init__(
         self,
         space: SearchSpace,
         seed: int = 0,
-        edge: EdgeFactory | None = None,
-        edge_normalisation: bool = False,
-        order: int = 1,
-        epochs: int = 50,
-        warmup_epochs: int = 0,
-        early_stop: EarlyStop | None = None,
-        batch_size: int = 64,
-        train_portion: float = 0.5,
-        lr: float = 0.025,
-        lr_min: float = 0.001,
-        momentum: float = 0.9,
-        weight_decay: float = 3e-4,
-        grad_clip: float = 5.0,
-        arch_lr: float = 3e-4,
-        arch_betas: Sequence[float] = (0.5, 0.999),
-        arch_weight_decay: float = 1e-3,
-        unrolled_eps: float = 0.01,
-        stages: dict[str, Sequence[Any]] | None = None,
-        max_skips: int | None = None,
-        evaluate_derived: bool = False,
-        budget: int | None = None,
+        edge: EdgeFactory | None = None,  # DARTS: None, the softmax-weighted sum of every op (DenseEdge)
+        edge_normalisation: bool = False,  # DARTS: no per-edge weights (PC-DARTS: true)
+        order: int = 1,  # 1: first order (xi = 0); 2: unrolled weights + finite-difference Hessian product
+        epochs: int = 50,  # DARTS: 50 search epochs
+        warmup_epochs: int = 0,  # DARTS: architecture steps from the first epoch (PC-DARTS: 15)
+        early_stop: EarlyStop | None = None,  # DARTS: none (DARTS+ stops early)
+        batch_size: int = 64,  # DARTS: batch 64
+        train_portion: float = 0.5,  # DARTS: half the training images train the weights, half the architecture
+        lr: float = 0.025,  # DARTS: weight SGD lr 0.025 ...
+        lr_min: float = 0.001,  # ... cosine-annealed to 0.001 (reference code)
+        momentum: float = 0.9,  # DARTS: SGD momentum 0.9
+        weight_decay: float = 3e-4,  # DARTS: weight decay 3e-4
+        grad_clip: float = 5.0,  # DARTS: gradient norm clipped at 5
+        arch_lr: float = 3e-4,  # DARTS: architecture Adam lr 3e-4
+        arch_betas: Sequence[float] = (0.5, 0.999),  # DARTS: Adam betas (0.5, 0.999)
+        arch_weight_decay: float = 1e-3,  # DARTS: architecture weight decay 1e-3
+        unrolled_eps: float = 0.01,  # DARTS: finite-difference step 0.01 / ||grad L_val|| (second order)
+        stages: dict[str, Sequence[Any]] | None = None,  # DARTS: one stage (P-DARTS: three)
+        max_skips: int | None = None,  # DARTS: no cap on the normal cell's skip-connects (P-DARTS: 2)
+        evaluate_derived: bool | None = None,  # None: on when the evaluator is a free look-up table, else off
+        sampler: ArchSampler | None = None,  # DARTS: None, the softmax of the alphas on every forward pass
+        update: ArchUpdate | None = None,  # DARTS: None, bilevel gradient steps (DartsStepper, search.order)
+        budget: int | None = None,  # black-box strategies only; see above
     ):
         if budget is not None:
             raise UserError(
@@ -287,7 +333,13 @@ class OneShotSearch:
         if not isinstance(space, OneShotSpace):
             raise UserError(f"one-shot search needs a space with a supernet; space {space.name!r} has none")
         self.stages = self._plan(stages, space, epochs, warmup_epochs)
-        kept_edges = 2 * len(space.topology().node_slices())  # two inputs per node survive derivation
+        topo = space.topology()
+        if max_skips is not None and topo.kept_inputs is None:
+            raise UserError(
+                f"search.max_skips={max_skips}: space {space.name!r} keeps every edge of its cell, so the "
+                "cap on the normal cell's skip-connects does not apply (set search.max_skips=null)"
+            )
+        kept_edges = (topo.kept_inputs or 0) * len(topo.node_slices())
         if max_skips is not None and not 0 <= max_skips <= kept_edges:
             raise UserError(
                 f"search.max_skips={max_skips}: must be in [0, {kept_edges}], the normal cell's edges"
@@ -315,6 +367,10 @@ class OneShotSearch:
             arch_weight_decay=arch_weight_decay,
             unrolled_eps=unrolled_eps,
         )
+        self.sampler = sampler
+        self.update = update
+        if update is not None:
+            update.check(self)
 
     @staticmethod
     def _plan(
@@ -343,6 +399,16 @@ class OneShotSearch:
                 f"search.epochs={epochs}: must equal the stages' epochs, {sum(st.epochs for st in plan)}"
             )
         n_ops = len(space.topology().ops) if isinstance(space, OneShotSpace) else 0
+        if (
+            isinstance(space, OneShotSpace)
+            and "layers" not in inspect.signature(space.build_supernet).parameters
+        ):
+            deeper = [st.layers for st in plan if st.layers is not None]
+            if deeper:
+                raise UserError(
+                    f"search.stages.layers: space {space.name!r} has a fixed depth; set the stages' layers "
+                    f"to null (got {deeper})"
+                )
         for i, st in enumerate(plan):
             if not 0 <= st.warmup_epochs < st.epochs:
                 raise UserError(
@@ -372,6 +438,7 @@ class OneShotSearch:
             edge_normalisation=self.edge_normalisation,
             edge_ops=edge_ops,
             layers=self.stages[stage].layers,
+            sampler=self.sampler,
         )
 
     def make_stepper(
@@ -384,7 +451,10 @@ class OneShotSearch:
     ) -> DartsStepper:
         network = self.build_network(num_classes, in_channels, stage, edge_ops)
         epochs = self.stages[stage].epochs
-        return DartsStepper(network, trainer, order=self.order, epochs=epochs, **self.opt_args)  # type: ignore[arg-type]
+        darts: dict[str, Any] = {"order": self.order, "epochs": epochs, **self.opt_args}
+        if self.update is not None:
+            return self.update.stepper(network, trainer, seed=self.seed + stage, **darts)
+        return DartsStepper(network, trainer, **darts)
 
     def split(self, train: TensorSplit) -> tuple[TensorSplit, TensorSplit]:
         """The weights' share and the architecture's share of the training data."""
@@ -413,7 +483,9 @@ class OneShotSearch:
                 state["stage_epoch"] if "stage_epoch" in state else state["epoch"],
             )
             edge_ops, records, wall = state.get("edge_ops"), state["history"], state["wall_s"]
-        log = HistoryLog(ctx.run_dir / "history.jsonl", records)
+        log = HistoryLog(
+            ctx.run_dir / "history.jsonl", records, [trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks]
+        )
         n_half = min(len(w_half), len(a_half))  # zip stops at the shorter half
         batch_size = clamp_batch_size(
             self.batch_size, n_half, "search.batch_size", "images in each half of the search data"
@@ -424,6 +496,11 @@ class OneShotSearch:
         stopped = self.early_stop.check(log.records) if self.early_stop is not None and log.records else None
         done = sum(st.epochs for st in self.stages[:stage]) + stage_epoch
         network: OneShotNetwork | None = None
+        score_derived = (
+            self.evaluate_derived
+            if self.evaluate_derived is not None
+            else bool(getattr(ctx.evaluator, "free", False))
+        )
         with progress_bar("search", total=self.epochs * steps, completed=done * steps) as advance:
             while stage < len(self.stages) and stopped is None:
                 plan = self.stages[stage]
@@ -442,6 +519,7 @@ class OneShotSearch:
                     arch_steps = epoch >= plan.warmup_epochs
                     # Skip-connect dropout decays linearly to 0 over the stage (P-DARTS).
                     network.set_skip_dropout(plan.skip_dropout * (plan.epochs - epoch - 1) / plan.epochs)
+                    network.start_epoch(done, self.epochs)  # the sampler's temperature, by the search's epoch
                     loss_sum, correct, n = 0.0, 0, 0
                     done += 1
                     gen_w, gen_a = (
@@ -457,6 +535,24 @@ class OneShotSearch:
                         n += int(yt.numel())
                         advance(1, f"epoch {done} loss {loss_sum / n:.3f}")
                     stepper.sched.step()
+                    extra: dict[str, Any] = {}
+                    derived: Genotype | None = None
+                    if isinstance(stepper, EpochHooks):
+
+                        def status(text: str, e: int = done) -> None:
+                            advance(0, f"epoch {e} {text}")
+
+                        epoch_data = EpochData(
+                            split=a_half,
+                            batch_size=batch_size,
+                            runtime=trainer,
+                            seed=self.seed,
+                            epoch=done - 1,
+                            augment=augment,
+                            status=status,
+                        )
+                        extra = stepper.end_epoch(epoch_data, arch_steps)
+                        derived = stepper.derive(epoch_data)  # the network then runs the derived cell
                     val_loss, val_acc = trainer.evaluate(stepper.model, a_half)
                     wall += time.perf_counter() - t0
                     record = {
@@ -468,10 +564,13 @@ class OneShotSearch:
                         "val_acc": val_acc,
                         "arch_steps": arch_steps,
                         "alphas": network.arch_weights(),
-                        "genotype": network.genotype().to_dict(),
+                        "genotype": (derived if derived is not None else network.genotype()).to_dict(),
                         "wall_s": wall,
+                        **extra,
                     }
-                    if self.evaluate_derived and ctx.evaluator is not None:
+                    if network.sampler is not None:
+                        record["tau"] = network.sampler.tau
+                    if score_derived and ctx.evaluator is not None:
                         scored = ctx.evaluator.evaluate(Genotype.from_dict(record["genotype"]), ctx)
                         record["derived_val_acc"], record["derived_test_acc"] = (
                             scored.val_acc,
@@ -529,7 +628,10 @@ class OneShotSearch:
             metrics["search_max_skips"] = self.max_skips
         if "stopped" in last_record:
             metrics["search_stopped"] = {"epoch": last_record["epoch"], "reason": last_record["stopped"]}
-        return SearchResult(genotype=genotype, metrics=metrics, history=log.records)
+        if "derived_val_acc" in last_record and self.max_skips is None:  # the scored cell is the result
+            metrics["derived_val_acc"] = last_record["derived_val_acc"]
+            metrics["derived_test_acc"] = last_record["derived_test_acc"]
+        return SearchResult(genotype=genotype, metrics=metrics)
 
     def _final_network(self, ctx: SearchContext, ckpt: Path) -> OneShotNetwork:
         """The last stage's supernet as the checkpoint holds it."""

@@ -53,11 +53,11 @@ class PNAS(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,
-        beam: int = 256,
-        k: int = 10,
-        completions: int = 16,
-        members: int = 5,
+        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        beam: int = 256,  # PNAS: beam size B = 256
+        k: int = 10,  # evaluated per round (PNAS: K = 256 for ~1,200 models; a tenth of a 100 budget)
+        completions: int = 16,  # uniform completions averaged to rank an incomplete cell (our adaptation)
+        members: int = 5,  # PNAS: ensemble of 5 predictors, each fit on 4/5 of the data
     ) -> None:
         super().__init__(space, seed, budget)
         if beam < 1 or k < 1 or completions < 1 or members < 1:

@@ -27,7 +27,12 @@ class RandomSearch(BlackBoxStrategy):
         budget: number of architectures to evaluate.
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, budget: int = 100) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+    ) -> None:
         super().__init__(space, seed, budget)
         self.rng = random.Random(seed)
         self.seen: set[Key] = set()

@@ -7,7 +7,9 @@ After every ``batch`` scored architectures the controller takes one Adam step on
 
     - mean_b[(R_b - baseline) * log p(arch_b)] - entropy_weight * mean_b[H(arch_b)],
 
-where the baseline is an exponential moving average of past rewards.
+where the baseline is an exponential moving average of past rewards. ``PolicyGradient`` holds the
+controller and this update; the one-shot ``search=enas`` trains the same piece on the validation
+accuracy of cells sampled in a supernet (``nasrun.search.enas``).
 
 Repeats: the search loop charges every query against the budget, so when the controller samples
 an architecture it has already been told about, the known score is fed back as that sample's
@@ -17,6 +19,7 @@ reward (learning continues at no cost) and the controller samples again.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -82,6 +85,79 @@ class Controller(nn.Module):
         return torch.stack(picked, dim=1), log_prob, entropy
 
 
+class PolicyGradient:
+    """An LSTM controller over a fixed sequence of decisions, trained by REINFORCE.
+
+    One update on a batch of ``(architecture, reward)`` pairs takes an Adam step on
+    ``-mean_b[(R_b - baseline) * log p(arch_b)] - entropy_weight * mean_b[H(arch_b)]``; the baseline
+    is an exponential moving average of the rewards, seeded by the first one (so that the first
+    update is not one huge push towards whatever came first).
+
+    Args:
+        sizes: number of choices of each decision.
+        hidden: LSTM hidden and embedding size.
+        lr: Adam learning rate.
+        baseline_decay: decay of the reward moving average, in ``[0, 1)``.
+        entropy_weight: weight of the entropy bonus (keeps the policy from collapsing early).
+        seed: seeds the controller's initial weights and its sampling generator.
+    """
+
+    def __init__(
+        self,
+        sizes: list[int],
+        hidden: int,
+        lr: float,
+        baseline_decay: float,
+        entropy_weight: float,
+        seed: int,
+    ) -> None:
+        self.baseline_decay = baseline_decay
+        self.entropy_weight = entropy_weight
+        self.generator = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # weight init uses the global generator; keep it reproducible
+            self.controller = Controller(sizes, hidden).double()
+        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=lr)
+        self.baseline: float | None = None
+
+    def sample(self, generator: torch.Generator | None = None) -> Key:
+        """One architecture as a tuple of choice indices (``generator``: default the policy's own)."""
+        with torch.no_grad():
+            choices, _, _ = self.controller(generator=generator or self.generator)
+        return tuple(int(c) for c in choices[0])
+
+    def update(self, keys: Sequence[Key], rewards: Sequence[float]) -> dict[str, float]:
+        """One REINFORCE step on ``keys`` with their ``rewards``; returns the step's mean entropy and baseline."""
+        advantages = []
+        for r in rewards:
+            self.baseline = r if self.baseline is None else self.baseline
+            advantages.append(r - self.baseline)
+            self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * r
+        choices = torch.tensor([list(k) for k in keys], dtype=torch.int64)
+        _, log_prob, entropy = self.controller(choices)
+        adv = torch.tensor(advantages, dtype=torch.float64)
+        loss = -(adv * log_prob).mean() - self.entropy_weight * entropy.mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        assert self.baseline is not None
+        return {"entropy": float(entropy.detach().mean()), "baseline": self.baseline}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "controller": self.controller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "baseline": self.baseline,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.baseline = state["baseline"]
+
+
 class Reinforce(BlackBoxStrategy):
     """REINFORCE on an LSTM controller with a moving-average baseline and an entropy bonus.
 
@@ -100,12 +176,12 @@ class Reinforce(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,
-        batch: int = 5,
-        hidden: int = 64,
-        lr: float = 0.01,
-        baseline_decay: float = 0.9,
-        entropy_weight: float = 1e-4,
+        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        batch: int = 5,  # architectures per controller update (Zoph & Le's m, scaled down to small budgets)
+        hidden: int = 64,  # LSTM size (Zoph & Le: 35; ENAS: 100)
+        lr: float = 0.01,  # Adam lr of NATS-Bench's REINFORCE baseline (Dong et al. 2021); Zoph & Le: 6e-4
+        baseline_decay: float = 0.9,  # moving-average reward baseline, as NAS-Bench-201's REINFORCE baseline
+        entropy_weight: float = 1e-4,  # entropy bonus of ENAS (Pham et al. 2018)
     ) -> None:
         super().__init__(space, seed, budget)
         if batch < 1 or hidden < 1 or lr <= 0 or not 0 <= baseline_decay < 1 or entropy_weight < 0:
@@ -113,23 +189,14 @@ class Reinforce(BlackBoxStrategy):
                 "search: need batch >= 1, hidden >= 1, lr > 0, 0 <= baseline_decay < 1, entropy_weight >= 0"
             )
         self.batch = batch
-        self.baseline_decay = baseline_decay
-        self.entropy_weight = entropy_weight
-        self.generator = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # weight init uses the global generator; keep it reproducible
-            self.controller = Controller(space.decisions(), hidden).double()
-        self.optimizer = torch.optim.Adam(self.controller.parameters(), lr=lr)
+        self.policy = PolicyGradient(space.decisions(), hidden, lr, baseline_decay, entropy_weight, seed)
         self.rng = random.Random(seed)
         self.scores: dict[Key, float] = {}
         self.buffer: list[tuple[Key, float]] = []  # (architecture, reward) awaiting an update
-        self.baseline: float | None = None
 
     def ask(self) -> Genotype:
         for _ in range(MAX_REPEATS):
-            with torch.no_grad():
-                choices, _, _ = self.controller(generator=self.generator)
-            key = tuple(int(c) for c in choices[0])
+            key = self.policy.sample()
             if key not in self.scores:
                 return self.space.decode(key)
             self._reward(key, self.scores[key])  # a repeat: learn from the known score for free
@@ -142,12 +209,10 @@ class Reinforce(BlackBoxStrategy):
         # rewarded at once in ``ask``, so it ends the batch: its draw is undone and left to ``ask``.
         out: list[Key] = []
         for _ in range(min(n, self.batch - len(self.buffer))):
-            before = self.generator.get_state()
-            with torch.no_grad():
-                choices, _, _ = self.controller(generator=self.generator)
-            key = tuple(int(c) for c in choices[0])
+            before = self.policy.generator.get_state()
+            key = self.policy.sample()
             if key in self.scores or key in out:
-                self.generator.set_state(before)
+                self.policy.generator.set_state(before)
                 break
             out.append(key)
         return [self.space.decode(k) for k in out] if out else [self.ask()]
@@ -159,41 +224,22 @@ class Reinforce(BlackBoxStrategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "controller": self.controller.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
+            **self.policy.state_dict(),
             "rng": python_rng_state(self.rng),
             "scores": [[list(k), s] for k, s in self.scores.items()],
             "buffer": [[list(k), r] for k, r in self.buffer],
-            "baseline": self.baseline,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.policy.load_state_dict(state)
         set_python_rng_state(self.rng, state["rng"])
         self.scores = {tuple(int(v) for v in k): float(s) for k, s in state["scores"]}
         self.buffer = [(tuple(int(v) for v in k), float(r)) for k, r in state["buffer"]]
-        self.baseline = state["baseline"]
 
     def _reward(self, key: Key, reward: float) -> None:
         """Queue one reward; update the controller once ``batch`` are queued."""
         self.buffer.append((key, reward))
         if len(self.buffer) < self.batch:
             return
-        advantages = []
-        for _, r in self.buffer:
-            # The first reward seeds the baseline, so the first update is not one huge push
-            # towards whatever came first.
-            self.baseline = r if self.baseline is None else self.baseline
-            advantages.append(r - self.baseline)
-            self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * r
-        choices = torch.tensor([k for k, _ in self.buffer], dtype=torch.int64)
-        _, log_prob, entropy = self.controller(choices)
-        adv = torch.tensor(advantages, dtype=torch.float64)
-        loss = -(adv * log_prob).mean() - self.entropy_weight * entropy.mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        self.policy.update([k for k, _ in self.buffer], [r for _, r in self.buffer])
         self.buffer = []

@@ -67,6 +67,61 @@ class SearchSpace(Protocol):
 EdgeFactory = Callable[[int, int, Sequence[str]], nn.Module]
 
 
+def edge_outputs(edges: Sequence[nn.Module], x: Tensor, weights: Tensor) -> list[Tensor]:
+    """``[edge(x, w) for edge, w in zip(edges, weights)]`` for edges that all read the state ``x``.
+
+    When the edges are of one class with a ``fan_out(edges, x, weights)`` static method (a fused
+    path that computes them together with the same mathematics), that runs instead.
+    """
+    kind = type(edges[0])
+    fused = getattr(kind, "fan_out", None)
+    if fused is not None and all(type(e) is kind for e in edges):
+        return list(fused(edges, x, weights))
+    return [e(x, w) for e, w in zip(edges, weights, strict=True)]
+
+
+def states_by_state(
+    states: list[Tensor],
+    edges: Sequence[nn.Module] | nn.ModuleList,
+    inputs: Sequence[int],
+    targets: Sequence[int],
+    weights: Tensor,
+    edge_scales: Tensor | None = None,
+) -> list[Tensor]:
+    """A cell's states, its edges taken state by state: all the edges that read a state at once.
+
+    Each node is the sum of its incoming edges. A node is complete once every state before it has
+    been read, and its terms are added in the order of its inputs, as edge by edge.
+
+    Args:
+        states: the cell's input states (its first ``len(states)`` states).
+        edges: the cell's edges, called as ``edge(x, weights[e])`` (through ``edge_outputs``).
+        inputs, targets: per edge, the index of the state it reads and of the state it feeds.
+        weights: ``[n_edges, n_ops]``, each edge's op weights.
+        edge_scales: ``[n_edges]`` factors on the edges' outputs, or ``None``.
+
+    Returns:
+        Every state of the cell: the inputs, then each node.
+    """
+    states = list(states)
+    last = max(targets)
+    sums: dict[int, Tensor] = {}
+    for s in range(last):
+        if s >= len(states):
+            states.append(sums[s])
+        ids = [e for e, j in enumerate(inputs) if j == s]
+        if not ids:
+            continue
+        outs = edge_outputs([edges[e] for e in ids], states[s], weights[ids])
+        for e, y in zip(ids, outs, strict=True):
+            if edge_scales is not None:
+                y = edge_scales[e] * y
+            t = targets[e]
+            sums[t] = sums[t] + y if t in sums else y
+    states.append(sums[last])
+    return states
+
+
 @dataclass(frozen=True)
 class Topology:
     """What a one-shot method needs to know of a space's supernet.
@@ -76,11 +131,14 @@ class Topology:
             ``reduce``); every type has the same edges.
         edges: per edge, in order, ``(node, input)``: the node it feeds and the state it reads.
         ops: the candidate op names of every edge, in weight order.
+        kept_inputs: how many incoming edges of each node a derived cell keeps (DARTS: 2, the
+            strongest); ``None``: every edge stays, each with its own op (NAS-Bench-201).
     """
 
     cell_types: tuple[str, ...]
     edges: tuple[tuple[int, int], ...]
     ops: tuple[str, ...]
+    kept_inputs: int | None = 2
 
     def full_edge_ops(self) -> dict[str, list[list[str]]]:
         """Per cell type, every edge's candidate ops: all of ``ops`` (before any pruning)."""
@@ -132,6 +190,29 @@ class OneShotSpace(SearchSpace, Protocol):
             weights: per cell type, non-negative strengths (normalised weights, possibly scaled
                 per edge by the method).
             edge_ops: the candidate ops of each edge, as given to ``build_supernet``.
+        """
+        ...
+
+
+@runtime_checkable
+class SampledSpace(OneShotSpace, Protocol):
+    """A space whose discrete cells run inside its supernet (methods that sample whole cells)."""
+
+    def genotype_weights(
+        self, genotype: Genotype, edge_ops: dict[str, list[list[str]]] | None = None
+    ) -> dict[str, Tensor]:
+        """The supernet weights that run exactly ``genotype``'s cells.
+
+        Args:
+            genotype: a cell of this space (``decode`` of its decisions).
+            edge_ops: the candidate ops of each edge, as given to ``build_supernet``.
+
+        Returns:
+            Per cell type, ``[n_edges, n_ops]``: the number of times the genotype takes op ``k``
+            on edge ``e`` (1 for a plain cell), 0 elsewhere; an edge the cell does not use is all 0.
+
+        Raises:
+            GenotypeError: an op of the genotype is not among its edge's candidates.
         """
         ...
 

@@ -189,11 +189,11 @@ class CifarCellSpace:
 
     def __init__(
         self,
-        layers: int = 8,
-        channels: int = 16,
-        nodes: int = 4,
-        stem_multiplier: int = 3,
-        ops: Sequence[str] = DARTS_OPS,
+        layers: int = 8,  # DARTS search (Liu et al. 2019, Sec. 3.1): 8 cells, reductions at 1/3 and 2/3
+        channels: int = 16,  # DARTS search: 16 initial channels
+        nodes: int = 4,  # DARTS: 4 intermediate nodes, the cell output concatenates them
+        stem_multiplier: int = 3,  # DARTS: the stem has 3 * channels channels
+        ops: Sequence[str] = DARTS_OPS,  # DARTS: 7 operations + zero, in the reference code's order
     ):
         check_layers(layers)
         if channels < 2 or channels % 2:
@@ -397,3 +397,31 @@ class CifarCellSpace:
             concat,
             space=self.name,
         )
+
+    def genotype_weights(
+        self, genotype: Genotype, edge_ops: dict[str, list[list[str]]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Per cell type ``[n_edges, n_ops]``: a 1 at (edge, op) for each of the genotype's edges.
+
+        Node ``i``'s two genotype edges ``(op, j)`` sit on the supernet edge from state ``j`` to
+        node ``i``; the other edges stay all 0. A node that takes the same input twice gets both
+        ops on that edge (the same op twice counts 2).
+        """
+        self.validate(genotype)
+        topo = self.topology()
+        if edge_ops is None:
+            edge_ops = topo.full_edge_ops()
+        starts = [sl.start for sl in topo.node_slices()]
+        out: dict[str, torch.Tensor] = {}
+        for kind, edges in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+            ops = edge_ops[kind]
+            W = torch.zeros(len(topo.edges), len(ops[0]))
+            for k, (op, j) in enumerate(edges):
+                e = starts[k // 2] + j
+                if op not in ops[e]:
+                    raise GenotypeError(
+                        f"genotype.{kind}[{k}]: {op!r} is not a candidate of edge {e} ({ops[e]})"
+                    )
+                W[e, ops[e].index(op)] += 1.0
+            out[kind] = W
+        return out

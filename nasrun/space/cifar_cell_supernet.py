@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping, Sequence
 import torch
 from torch import nn
 
-from nasrun.space.base import EdgeFactory
+from nasrun.space.base import EdgeFactory, states_by_state
 from nasrun.space.ops import FactorizedReduce, ReLUConvBN
 
 
@@ -28,6 +28,10 @@ class SearchCell(nn.Module):
         edge_ops: the candidate ops of each edge, in edge order.
         make_edge: builds one edge.
     """
+
+    #: Compute the edges that read one state together (their class's fused path, if any); false:
+    #: edge by edge (the same mathematics; for comparisons).
+    fused: bool = True
 
     def __init__(
         self,
@@ -54,6 +58,8 @@ class SearchCell(nn.Module):
             make_edge(C, 2 if reduction and j < 2 else 1, ops)
             for j, ops in zip(inputs, edge_ops, strict=True)
         )
+        self.inputs = inputs  # the state each edge reads
+        self.targets = [2 + i for i in range(nodes) for _ in range(2 + i)]  # the state each edge feeds
 
     def forward(
         self,
@@ -74,6 +80,9 @@ class SearchCell(nn.Module):
             ``[B, nodes * C, H', W']``: the nodes' outputs concatenated.
         """
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.fused:
+            out = states_by_state(states, self.edges, self.inputs, self.targets, weights, edge_scales)
+            return torch.cat(out[2:], dim=1)
         e = 0
         for _ in range(self.nodes):
             s = None

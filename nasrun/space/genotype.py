@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,6 @@ class Genotype:
     reduce: tuple[Edge, ...] = ()
     reduce_concat: tuple[int, ...] = ()
     space: str = "cifar_cell"
-    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def ops(self) -> set[str]:
         """Every operation name the genotype uses."""
@@ -84,8 +83,6 @@ class Genotype:
             "reduce": [list(e) for e in self.reduce],
             "reduce_concat": list(self.reduce_concat),
         }
-        if self.meta:
-            d["meta"] = self.meta
         return d
 
     @classmethod
@@ -97,7 +94,7 @@ class Genotype:
         """
         if not hasattr(d, "keys"):
             raise GenotypeError(f"{where}: expected a mapping with keys normal, normal_concat, ...")
-        known = {"space", "normal", "normal_concat", "reduce", "reduce_concat", "meta", "name"}
+        known = {"space", "normal", "normal_concat", "reduce", "reduce_concat", "name"}
         unknown = sorted(set(d.keys()) - known)
         if unknown:
             raise GenotypeError(f"{where}: unknown key {unknown[0]!r} (expected one of {sorted(known)})")
@@ -113,7 +110,6 @@ class Genotype:
             reduce=_edges(list(d.get("reduce", [])), f"{where}.reduce"),
             reduce_concat=_ints(list(d.get("reduce_concat", [])), f"{where}.reduce_concat"),
             space=space,
-            meta=dict(d.get("meta", {}) or {}),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:

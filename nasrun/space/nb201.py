@@ -15,14 +15,16 @@ then BN-ReLU, global average pooling and a linear classifier.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from nasrun import UserError
+from nasrun.space.base import EdgeFactory, Topology
 from nasrun.space.genotype import Genotype, GenotypeError, check_space
-from nasrun.space.ops import OPS, ReLUConvBN
+from nasrun.space.nb201_supernet import NB201Supernet, ResidualReduction
+from nasrun.space.ops import make_op
 
 #: The benchmark's candidate ops, in its own order (the index is the decision value).
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
@@ -33,16 +35,8 @@ EDGE_INPUTS: tuple[int, ...] = (0, 0, 1, 0, 1, 2)
 #: Edges per node (node 1, 2, 3): the blocks a progressive strategy grows one at a time.
 NODE_SIZES: tuple[int, ...] = (1, 2, 3)
 
-# Cell ops all keep the channel count and resolution (stride 1): the benchmark's ReLU-Conv-BN convs
-# are the ones ops.py lacks; the others are the shared DARTS implementations, which match
-# NAS-Bench-201's (zero, identity, 3x3 average pooling without padded zeros).
-_CELL_OPS: dict[str, Callable[[int], nn.Module]] = {
-    "none": lambda C: OPS["none"](C, 1, True),
-    "skip_connect": lambda C: OPS["skip_connect"](C, 1, True),
-    "nor_conv_1x1": lambda C: ReLUConvBN(C, C, 1, 1, 0, affine=True),
-    "nor_conv_3x3": lambda C: ReLUConvBN(C, C, 3, 1, 1, affine=True),
-    "avg_pool_3x3": lambda C: OPS["avg_pool_3x3"](C, 1, True),
-}
+#: The node each of the 6 edges feeds, in genotype order.
+EDGE_NODES: tuple[int, ...] = tuple(i + 1 for i, size in enumerate(NODE_SIZES) for _ in range(size))
 
 
 def to_string(genotype: Genotype) -> str:
@@ -88,7 +82,9 @@ class _Cell(nn.Module):
     def __init__(self, genotype: Genotype, C: int):
         super().__init__()
         self.inputs = [inp for _, inp in genotype.normal]
-        self.edges = nn.ModuleList(_CELL_OPS[op](C) for op, _ in genotype.normal)
+        # Every cell op keeps the channel count and resolution (stride 1). The registry's zero,
+        # identity and 3x3 average pooling (without padded zeros) match NAS-Bench-201's.
+        self.edges = nn.ModuleList(make_op(op, C, 1, affine=True) for op, _ in genotype.normal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         nodes, k = [x], 0
@@ -96,23 +92,6 @@ class _Cell(nn.Module):
             nodes.append(sum(self.edges[e](nodes[self.inputs[e]]) for e in range(k, k + size)))
             k += size
         return nodes[-1]
-
-
-class _ResidualReduction(nn.Module):
-    """The benchmark's reduction block: a stride-2 basic residual block from ``C_in`` to ``C_out``.
-
-    Main path ReLU-Conv3x3(stride 2)-BN, ReLU-Conv3x3-BN; shortcut 2x2 average pooling then a 1x1
-    conv, as in NAS-Bench-201's ``ResNetBasicblock``.
-    """
-
-    def __init__(self, C_in: int, C_out: int):
-        super().__init__()
-        self.conv_a = ReLUConvBN(C_in, C_out, 3, 2, 1)
-        self.conv_b = ReLUConvBN(C_out, C_out, 3, 1, 1)
-        self.shortcut = nn.Sequential(nn.AvgPool2d(2, stride=2), nn.Conv2d(C_in, C_out, 1, bias=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.shortcut(x) + self.conv_b(self.conv_a(x))
 
 
 class NB201Network(nn.Module):
@@ -133,7 +112,7 @@ class NB201Network(nn.Module):
         layers: list[nn.Module] = []
         for stage, width in enumerate((C, 2 * C, 4 * C)):
             if stage:
-                layers.append(_ResidualReduction(width // 2, width))
+                layers.append(ResidualReduction(width // 2, width))
             layers.extend(_Cell(genotype, width) for _ in range(N))
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         self.cells = nn.Sequential(*layers)
@@ -156,7 +135,11 @@ class NB201Space:
 
     name = "nb201"
 
-    def __init__(self, channels: int = 16, cells: int = 5):
+    def __init__(
+        self,
+        channels: int = 16,  # NAS-Bench-201 (Dong & Yang 2020): 16-channel stem; stages of 16, 32, 64
+        cells: int = 5,  # NAS-Bench-201: N = 5 cells per stage
+    ):
         if channels <= 0 or cells <= 0:
             raise UserError(f"space.channels and space.cells must be > 0, got {channels}, {cells}")
         self.channels = channels
@@ -214,3 +197,54 @@ class NB201Space:
         return NB201Network(
             genotype, num_classes, in_channels, C=channels or self.channels, N=cells or self.cells
         )
+
+    # -- one-shot search ------------------------------------------------------------------------
+    def topology(self) -> Topology:
+        """One cell type, the 6 edges node by node, the 5 benchmark ops on each; every edge is kept."""
+        edges = tuple(zip(EDGE_NODES, EDGE_INPUTS, strict=True))
+        return Topology(cell_types=("normal",), edges=edges, ops=NB201_OPS, kept_inputs=None)
+
+    def build_supernet(
+        self,
+        num_classes: int,
+        in_channels: int,
+        make_edge: EdgeFactory,
+        edge_ops: dict[str, list[list[str]]] | None = None,
+    ) -> NB201Supernet:
+        """The benchmark's macro network at the space's size (``channels``, ``cells``), its edges by ``make_edge``.
+
+        The NAS-Bench-201 paper searches its one-shot baselines in this network with every cell a
+        supernet cell (Dong & Yang 2020).
+        """
+        topo = self.topology()
+        return NB201Supernet(
+            C=self.channels,
+            N=self.cells,
+            num_classes=num_classes,
+            in_channels=in_channels,
+            edges=topo.edges,
+            edge_ops=edge_ops if edge_ops is not None else topo.full_edge_ops(),
+            make_edge=make_edge,
+        )
+
+    def derive(
+        self, weights: dict[str, torch.Tensor], edge_ops: dict[str, list[list[str]]] | None = None
+    ) -> Genotype:
+        """Each edge's strongest op, ``none`` included (Dong & Yang 2020); ties keep the first op."""
+        ops = edge_ops["normal"] if edge_ops is not None else self.topology().full_edge_ops()["normal"]
+        W = weights["normal"].detach().float().cpu()
+        edges = tuple((ops[e][int(W[e].argmax())], inp) for e, inp in enumerate(EDGE_INPUTS))
+        return Genotype(normal=edges, normal_concat=(3,), space=self.name)
+
+    def genotype_weights(
+        self, genotype: Genotype, edge_ops: dict[str, list[list[str]]] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``[6, n_ops]`` one-hot rows: edge ``e`` runs the genotype's op ``e`` (``none``: its zero)."""
+        self.validate(genotype)
+        ops = edge_ops["normal"] if edge_ops is not None else self.topology().full_edge_ops()["normal"]
+        W = torch.zeros(len(EDGE_INPUTS), len(ops[0]))
+        for e, (op, _) in enumerate(genotype.normal):
+            if op not in ops[e]:
+                raise GenotypeError(f"genotype.normal[{e}]: {op!r} is not a candidate of edge {e} ({ops[e]})")
+            W[e, ops[e].index(op)] = 1.0
+        return {"normal": W}

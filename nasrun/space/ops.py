@@ -3,7 +3,8 @@
 Operation names live inside genotypes (data), where Hydra's ``_target_`` cannot reach, so they are
 resolved through this registry. Each factory takes ``(C, stride, affine)`` and returns a module that
 maps ``[B, C, H, W]`` to ``[B, C, H/stride, W/stride]``. The DARTS ops follow Liu et al. 2019 (the
-reference code's ``operations.py``); the extra ones serve PNAS (Liu et al. 2018).
+reference code's ``operations.py``); the extra ones serve PNAS (Liu et al. 2018) and NAS-Bench-201
+(Dong & Yang 2020).
 """
 
 from __future__ import annotations
@@ -125,6 +126,9 @@ OPS: dict[str, OpFactory] = {
     "dil_conv_3x3": lambda C, stride, affine: DilConv(C, C, 3, stride, 2, 2, affine),
     "dil_conv_5x5": lambda C, stride, affine: DilConv(C, C, 5, stride, 4, 2, affine),
     "conv_7x1_1x7": lambda C, stride, affine: Conv7x1x1x7(C, stride, affine),
+    # NAS-Bench-201's plain convolutions (Dong & Yang 2020): ReLU -> conv -> BN.
+    "nor_conv_1x1": lambda C, stride, affine: ReLUConvBN(C, C, 1, stride, 0, affine),
+    "nor_conv_3x3": lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 1, affine),
 }
 
 #: The 8 candidate operations of the DARTS search space (Liu et al. 2019, Sec. 3.1), in the

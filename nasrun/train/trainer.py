@@ -1,9 +1,9 @@
-"""The trainer: device, precision, memory format, compilation, and the epoch loop with checkpoints.
+"""The trainer: a ``Runtime`` that also trains, with the epoch loop, its checkpoints and its history.
 
-One ``Trainer`` serves every phase: the search strategies use its device/precision helpers, and
-``fit`` trains a discrete network (retraining, or a proxy run inside an evaluator). ``fit``
-checkpoints every epoch (weights, optimiser, scheduler, RNG states, history) and resumes from the
-last complete epoch.
+``Trainer`` is the ``trainer`` config group. The search strategies use its ``Runtime`` side (device,
+precision, batches, evaluation; ``nasrun.train.runtime``) and its SGD settings; ``fit`` trains a
+discrete network (retraining, or a proxy run inside an evaluator), checkpoints every epoch
+(weights, optimiser, scheduler, RNG states, history) and resumes from the last complete epoch.
 """
 
 from __future__ import annotations
@@ -11,84 +11,34 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nasrun import UserError
-from nasrun.data.base import DataModule, TensorSplit, batches, clamp_batch_size
+from nasrun.data.base import DataModule, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
-from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nasrun.report.tensorboard import ScalarLog, require_tensorboard
+from nasrun.run_folder import (
+    HistoryLog,
+    RecordSink,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from nasrun.train.duration import DurationCheck
-from nasrun.train.threads import parse_threads
+from nasrun.train.runtime import NonFiniteLossError, Runtime, cross_entropy, epoch_generator
 
 
-class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-    @classmethod
-    def in_epoch(
-        cls, phase: str, value: float, epoch: int, lr_key: str, checkpoints: bool = True
-    ) -> NonFiniteLossError:
-        """The error for a non-finite loss in epoch ``epoch`` (counted from 0) of ``phase``.
-
-        Args:
-            phase: the phase's name (``search``, ``retrain``).
-            value: the loss.
-            epoch: the failing epoch, counted from 0; epochs before it have been checkpointed.
-            lr_key: the config key of the phase's learning rate, suggested as the fix.
-            checkpoints: whether the phase writes checkpoints at all.
-        """
-        if not checkpoints:
-            state = ""
-        elif epoch == 0:
-            # Nothing to resume from: saying "the checkpoint of epoch 0 is intact" would send the
-            # user looking for a file that was never written.
-            state = "; no epoch completed, so there is no checkpoint yet: start the run again"
-        else:
-            state = f"; the checkpoint of epoch {epoch} is intact"
-        return cls(f"{phase}: loss became {value} in epoch {epoch + 1}{state} (try a lower {lr_key})")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"trainer.device={device!r}: not a device (use auto, cpu, cuda or cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(
-            f"trainer.device={device!r}: CUDA is not available on this machine (use trainer.device=auto)"
-        )
-    return dev
-
-
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy computed in at least float32 (logits may be bf16 under autocast)."""
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, y, reduction=reduction)
-
-
-def epoch_generator(seed: int, epoch: int, stream: int = 0) -> torch.Generator:
-    """A CPU generator for one epoch's shuffling and augmentation, the same after a resume."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 101 + stream)
-
-
-class Trainer:
-    """How networks are trained.
+class Trainer(Runtime):
+    """How networks are trained: a ``Runtime`` (device, precision, ...) with an SGD schedule.
 
     Args:
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        amp: ``none`` or ``bf16`` (autocast; weights and optimiser stay float32).
-        channels_last: NHWC memory format (faster convolutions on recent GPUs and on CPUs).
-        compile: wrap the model in ``torch.compile``.
+        device, amp, channels_last, compile, eval_batch_size, threads: the ``Runtime``'s.
         epochs: training epochs.
         batch_size: training batch size.
         lr: initial SGD learning rate, annealed by a cosine schedule to ``lr_min``.
@@ -97,46 +47,38 @@ class Trainer:
         nesterov: Nesterov momentum instead of the plain heavy-ball form.
         weight_decay: SGD weight decay.
         grad_clip: clip the gradient norm to this (0 = off).
-        eval_batch_size: batch size for evaluation passes.
-        threads: CPU threads per process: ``auto`` (this process's cores divided by the jobs the
-            launcher runs at once, or ``OMP_NUM_THREADS`` if set) or a positive int; applied by the
-            pipeline when a run starts (``nasrun.train.threads``).
+        tensorboard: also write each epoch's metrics as TensorBoard scalars under
+            ``run_dir/tensorboard/`` (needs the ``tensorboard`` package: ``pip install nasrun[tensorboard]``).
     """
 
     def __init__(
         self,
-        device: str = "auto",
-        amp: str = "none",
-        channels_last: bool = False,
-        compile: bool = False,
-        epochs: int = 600,
-        batch_size: int = 96,
-        lr: float = 0.025,
-        lr_min: float = 0.0,
-        momentum: float = 0.9,
-        nesterov: bool = False,
-        weight_decay: float = 3e-4,
-        grad_clip: float = 5.0,
-        eval_batch_size: int = 256,
-        threads: int | str = "auto",
+        device: str = "auto",  # auto picks CUDA when present, else the CPU
+        amp: str = "none",  # none | bf16 (autocast; weights stay float32)
+        channels_last: bool | str = "auto",  # NHWC memory format; auto: on where measured faster (the CPU)
+        compile: bool = False,  # torch.compile the network (pays a compile time up front)
+        epochs: int = 600,  # DARTS retraining (Liu et al. 2019, Sec. 3.3): 600 epochs
+        batch_size: int = 96,  # DARTS retraining: batch 96
+        lr: float = 0.025,  # DARTS retraining: SGD lr 0.025 ...
+        lr_min: float = 0.0,  # ... cosine-annealed to 0
+        momentum: float = 0.9,  # DARTS: SGD momentum 0.9
+        nesterov: bool = False,  # DARTS: plain momentum (NAS-Bench-201 uses Nesterov's)
+        weight_decay: float = 3e-4,  # DARTS: weight decay 3e-4
+        grad_clip: float = 5.0,  # DARTS: gradient norm clipped at 5
+        eval_batch_size: int = 256,  # evaluation only; no effect on results
+        threads: int | str = "auto",  # CPU threads: auto = cores / the launcher's parallel jobs, or N
+        tensorboard: bool = False,  # also write TensorBoard scalars (pip install nasrun[tensorboard])
     ):
-        if amp not in ("none", "bf16"):
-            raise UserError(f"trainer.amp={amp!r}: must be 'none' or 'bf16'")
-        for key, value in (
-            ("epochs", epochs),
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-        ):
+        super().__init__(device, amp, channels_last, compile, eval_batch_size, threads)
+        for key, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value <= 0:
                 raise UserError(f"trainer.{key}={value}: must be > 0")
         if not lr > 0 or lr_min < 0 or lr_min > lr:
             raise UserError(f"trainer.lr={lr} / trainer.lr_min={lr_min}: need 0 <= lr_min <= lr and lr > 0")
         if nesterov and not momentum > 0:
             raise UserError(f"trainer.nesterov=true needs trainer.momentum > 0, got {momentum}")
-        self.device = resolve_device(device)
-        self.amp = amp
-        self.channels_last = channels_last
-        self.compile = compile
+        if tensorboard:
+            require_tensorboard()
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -145,57 +87,11 @@ class Trainer:
         self.nesterov = nesterov
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
-        self.eval_batch_size = eval_batch_size
-        parse_threads(threads)  # UserError naming trainer.threads
-        self.threads = threads
-        # Running loss sums; Apple's MPS backend has no float64.
-        self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
+        self.tensorboard = tensorboard
 
-    # -- helpers shared with the search strategies ---------------------------------------------
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Move ``model`` to the device (and memory format); returns the module to call.
-
-        With ``compile`` the returned module is the compiled wrapper; it shares its parameters with
-        ``model``, so save and load ``model``'s state dict.
-        """
-        model.to(self.device)
-        if self.channels_last:
-            model.to(memory_format=torch.channels_last)
-        return torch.compile(model) if self.compile else model  # type: ignore[return-value]
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def batches(
-        self,
-        split: TensorSplit,
-        batch_size: int,
-        generator: torch.Generator | None = None,
-        augment: Any = None,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in batches(split, batch_size, device=self.device, generator=generator, augment=augment):
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y
-
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: TensorSplit) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy (%) of ``model`` on ``split``, in eval mode."""
-        was_training = model.training
-        model.eval()
-        loss_sum = torch.zeros((), dtype=self._sum_dtype, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        n = 0
-        for x, y in self.batches(split, self.eval_batch_size):
-            with self.autocast():
-                logits = model(x)
-            loss_sum += cross_entropy(logits, y, reduction="sum").to(self._sum_dtype)
-            correct += (logits.argmax(1) == y).sum()
-            n += int(y.numel())
-        model.train(was_training)
-        return float(loss_sum) / max(n, 1), 100.0 * int(correct) / max(n, 1)
+    def scalar_log(self, run_dir: Path, phase: str, step_key: str = "epoch") -> ScalarLog | None:
+        """TensorBoard scalars for a phase's history records, if ``tensorboard`` is on."""
+        return ScalarLog(run_dir / "tensorboard", phase, step_key) if self.tensorboard else None
 
     def train_step(
         self,
@@ -250,6 +146,7 @@ class Trainer:
         seed: int = 0,
         quiet: bool = False,
         shorten_hint: str = "trainer.epochs=N",
+        sinks: Sequence[RecordSink] = (),
     ) -> dict[str, Any]:
         """Train ``model`` with SGD and a cosine schedule; evaluate on val and test every epoch.
 
@@ -270,6 +167,8 @@ class Trainer:
             quiet: no progress bar or epoch lines (evaluators training many children).
             shorten_hint: the config keys that shorten this phase, named in the warning printed
                 when its first steps show that it will take long (``DurationCheck``).
+            sinks: also receive each epoch's record (with ``run_dir``): a sweep's per-epoch
+                reports, whose pruner may stop the run by raising from ``append``.
 
         Returns:
             Final-epoch metrics: ``train_loss``, ``train_acc``, ``val_loss``/``val_acc`` (when a
@@ -298,7 +197,11 @@ class Trainer:
             sched.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             start, records, wall = state["epoch"], state["history"], state["wall_s"]
-        log = HistoryLog(run_dir / f"{phase}_history.jsonl", records) if run_dir is not None else None
+        log = (
+            HistoryLog(run_dir / f"{phase}_history.jsonl", records, [self.scalar_log(run_dir, phase), *sinks])
+            if run_dir is not None
+            else None
+        )
         augment = data.augment(cutout)
         batch_size = clamp_batch_size(self.batch_size, len(data.train), "trainer.batch_size")
         console = get_console()

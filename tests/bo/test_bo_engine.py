@@ -19,14 +19,49 @@ from nasrun.bo import (
     Direction,
     Exploration,
     ModelKind,
+    ParamSpace,
+    Real,
     TrialState,
     TrialStore,
+    _explore,
+    _model,
+    engine,
     parse_overrides,
 )
-from nasrun.bo._botorch import gp_ucb_beta
+from nasrun.bo._acquisition import gp_ucb_beta
+from nasrun.bo._optimize import Proposal, bounds, unit_to_space
 
 # Small optimiser settings keep every ask well under a second on a busy 2-core machine.
 FAST = {"num_restarts": 3, "raw_samples": 64}
+
+
+@pytest.fixture
+def unguarded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Takes away the engine's two safety nets, so that a test sees the proposals as they are made.
+
+    ``ParamSpace.snap`` no longer clamps continuous columns into the space (integer and categorical
+    columns still round to their grid), and ``BayesOpt._unique`` no longer replaces a point that
+    repeats an earlier trial by a random one. A proposal outside the space, or a repeat, then
+    reaches the trial store as it is.
+    """
+    snap = ParamSpace.snap
+
+    def snap_without_clamp(self: ParamSpace, x: list[float]) -> list[float]:
+        snapped = snap(self, x)
+        return [
+            float(v) if isinstance(p, Real) else s for p, v, s in zip(self.params, x, snapped, strict=True)
+        ]
+
+    monkeypatch.setattr(ParamSpace, "snap", snap_without_clamp)
+    monkeypatch.setattr(BayesOpt, "_unique", lambda self, x, seen: x)
+
+
+def assert_inside_and_apart(space: ParamSpace, xs: list[list[float]], gap: float) -> None:
+    """Every encoded point lies in the space's box, and any two are more than ``gap`` apart."""
+    X = torch.tensor(xs, dtype=torch.float64)
+    box = bounds(space)
+    assert ((box[0] <= X) & (X <= box[1])).all(), xs
+    assert torch.pdist(X).min() > gap, xs
 
 
 def branin(x: float, y: float) -> float:
@@ -58,16 +93,15 @@ def test_initial_design_is_seeded_sobol() -> None:
     assert BayesOpt(parse_overrides([f"x{i}=interval(0, 1)" for i in range(4)])[0]).n_initial == 8
 
 
-def test_batches_are_distinct_and_respect_pending_points() -> None:
+def test_batches_are_distinct_and_respect_pending_points(unguarded: None) -> None:
     space = parse_overrides(["x=interval(0, 1)"])[0]
     bo = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=4, **FAST))
     run(bo, lambda x: (x - 0.3) ** 2, 4)
     batch = bo.ask(4)
-    xs = sorted(t.params["x"] for t in batch)
-    assert min(b - a for a, b in zip(xs, xs[1:])) > 1e-3, xs
+    assert_inside_and_apart(space, [t.x for t in batch], gap=0.01)
     # The batch is still pending: the next proposal must go elsewhere, not on top of it.
     (extra,) = bo.ask(1)
-    assert min(abs(extra.params["x"] - x) for x in xs) > 1e-3
+    assert_inside_and_apart(space, [t.x for t in [*batch, extra]], gap=0.01)
     # Without pending points the same model state proposes near the optimum, i.e. pending points moved it.
     fresh = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=4, **FAST))
     run(fresh, lambda x: (x - 0.3) ** 2, 4)
@@ -75,7 +109,7 @@ def test_batches_are_distinct_and_respect_pending_points() -> None:
     assert abs(alone.params["x"] - 0.3) < 0.15
 
 
-def test_failures_are_recorded_and_avoided() -> None:
+def test_failures_are_recorded_and_avoided(unguarded: None) -> None:
     space = parse_overrides(["x=interval(0, 1)"])[0]
     bo = BayesOpt(space, BOSettings(direction=Direction.minimize, n_initial=5, **FAST))
 
@@ -116,16 +150,17 @@ def test_resume_from_the_store_continues(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("acq", list(Acquisition))
-def test_every_acquisition_proposes_inside_the_space(acq: Acquisition) -> None:
+def test_every_acquisition_proposes_distinct_points_inside_the_space(
+    acq: Acquisition, unguarded: None
+) -> None:
     space = branin_space()
     bo = BayesOpt(
         space, BOSettings(direction=Direction.minimize, n_initial=5, acquisition=acq, noisy=True, **FAST)
     )
     run(bo, branin, 5)
     batch = bo.ask(2)
-    for t in batch:
-        assert -5 <= t.params["x"] <= 10 and 0 <= t.params["y"] <= 15
-    assert batch[0].x != batch[1].x
+    assert_inside_and_apart(space, [t.x for t in bo.trials()], gap=0.01)
+    assert len(batch) == 2 and all(t.state is TrialState.PENDING for t in batch)
 
 
 def test_gp_ucb_schedule_grows_with_time_and_dimension() -> None:
@@ -198,10 +233,8 @@ def test_fully_bayesian_saas_model() -> None:
 
 def _spy_phases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records, per model-based ask, whether it explored or maximised the acquisition."""
-    from nasrun.bo import _botorch
-
     calls: list[str] = []
-    explore, build = _botorch.explore, _botorch.build_acquisition
+    explore, build = engine.explore, engine.build_acquisition
 
     def spy_explore(*args, **kwargs):
         calls.append("explore")
@@ -211,23 +244,21 @@ def _spy_phases(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         calls.append("acquisition")
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(_botorch, "explore", spy_explore)
-    monkeypatch.setattr(_botorch, "build_acquisition", spy_build)
+    monkeypatch.setattr(engine, "explore", spy_explore)
+    monkeypatch.setattr(engine, "build_acquisition", spy_build)
     return calls
 
 
 def test_exploration_phase_covers_the_given_share_of_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nasrun.bo import _botorch
-
     calls = _spy_phases(monkeypatch)
     refine_flags: list[bool] = []
-    fit = _botorch.fit_model
+    fit = engine.fit_model
 
     def spy_fit(*args, refine: bool = False, **kwargs):
         refine_flags.append(refine)
         return fit(*args, refine=refine, **kwargs)
 
-    monkeypatch.setattr(_botorch, "fit_model", spy_fit)
+    monkeypatch.setattr(engine, "fit_model", spy_fit)
     settings = BOSettings(direction=Direction.minimize, n_initial=4, explore_fraction=0.6, **FAST)
     bo = BayesOpt(branin_space(), settings, budget=10)
     run(bo, branin, 10)
@@ -241,15 +272,13 @@ def test_exploration_phase_covers_the_given_share_of_the_budget(monkeypatch: pyt
 def test_refining_model_nearly_interpolates_only_deterministic_objectives() -> None:
     from botorch.test_functions import Hartmann
 
-    from nasrun.bo import _botorch
-
     # Hartmann6 is a plateau with narrow wells: the stationary GP's misfit goes into the noise.
     space = parse_overrides([f"x{i}=interval(0, 1)" for i in range(6)])[0]
     X = SobolEngine(6, scramble=True, seed=0).draw(30, dtype=torch.float64)
     Y = -Hartmann(dim=6)(X).unsqueeze(-1)
 
     def noise(noisy: bool, refine: bool) -> float:
-        model = _botorch.fit_model(X, Y, space, BOSettings(noisy=noisy), refine=refine)
+        model = _model.fit_model(X, Y, space, BOSettings(noisy=noisy), refine=refine)
         return model.likelihood.noise.item()
 
     assert noise(noisy=False, refine=True) < noise(noisy=False, refine=False) / 10
@@ -276,19 +305,16 @@ def test_without_a_budget_or_with_fraction_zero_there_is_no_exploration_phase(
     ids=["continuous-jes", "continuous-thompson", "integer-jes", "mixed"],
 )
 def test_exploration_batches_are_distinct_points_of_the_space(
-    overrides: list[str], exploration: Exploration
+    overrides: list[str], exploration: Exploration, unguarded: None
 ) -> None:
     space = parse_overrides(overrides)[0]
     bo = BayesOpt(space, BOSettings(n_initial=5, seed=2, exploration=exploration, **FAST), budget=20)
     run(bo, lambda **p: -((p["x"] - 2) ** 2) - (p["y"] - 3) ** 2, 5)
     batch = bo.ask(4)
-    assert len({tuple(t.x) for t in batch}) == 4
+    assert_inside_and_apart(space, [t.x for t in batch], gap=0.01)
+    grid = {**space.int_dims, **space.cat_dims}
     for t in batch:
-        assert -5 <= t.params["x"] <= 10 and 0 <= t.params["y"] <= 15
-        if "c" in t.params:
-            assert t.params["c"] in ("a", "b", "c")
-        if space.int_dims:
-            assert isinstance(t.params["y"], int)
+        assert all(t.x[i] in values for i, values in grid.items()), t.x
 
 
 def test_explore_fraction_outside_0_1_is_a_user_error() -> None:
@@ -297,16 +323,14 @@ def test_explore_fraction_outside_0_1_is_a_user_error() -> None:
 
 
 def test_believer_removes_the_uncertainty_at_pending_points_and_keeps_the_mean() -> None:
-    from nasrun.bo import _botorch
-
     space = branin_space()
     u = SobolEngine(2, scramble=True, seed=0).draw(12, dtype=torch.float64)
-    X = _botorch.unit_to_space(u, space)
+    X = unit_to_space(u, space)
     Y = torch.tensor([[-branin(-5 + 15 * a, 15 * b)] for a, b in u.tolist()], dtype=torch.float64)
-    model = _botorch.fit_model(X, Y, space, BOSettings())
+    model = _model.fit_model(X, Y, space, BOSettings())
     pending = torch.tensor([[0.3, 0.6], [0.8, 0.1]], dtype=torch.float64)
     before = model.posterior(pending)
-    after = _botorch._believer(model, pending).posterior(pending)
+    after = _model.believer(model, pending).posterior(pending)
     assert torch.allclose(after.mean, before.mean, atol=1e-3 * Y.std().item())
     # One (noisy) observation at a point leaves at most the noise variance there.
     noise = model.likelihood.noise.item() * Y.var().item()
@@ -314,16 +338,14 @@ def test_believer_removes_the_uncertainty_at_pending_points_and_keeps_the_mean()
 
 
 def test_thompson_samples_are_drawn_with_running_trials_pending(monkeypatch: pytest.MonkeyPatch) -> None:
-    from nasrun.bo import _botorch
-
     conditioned_on: list[list[list[float]]] = []
-    believer = _botorch._believer
+    believer = _explore.believer
 
     def spy(model, X_pending):
         conditioned_on.append(X_pending.tolist())
         return believer(model, X_pending)
 
-    monkeypatch.setattr(_botorch, "_believer", spy)
+    monkeypatch.setattr(_explore, "believer", spy)
     settings = BOSettings(n_initial=5, exploration=Exploration.thompson, **FAST)
     bo = BayesOpt(branin_space(), settings, budget=20)
     run(bo, branin, 5)
@@ -346,21 +368,19 @@ def test_entropy_search_explores_continuous_spaces_with_running_trials_pending(
 ) -> None:
     """Default exploration: joint entropy search, told about running trials; Thompson sampling
     where the space has categorical columns (the sampled optima need a continuous space)."""
-    from nasrun.bo import _botorch
-
     seen: list[tuple[str, list[list[float]] | None]] = []
-    optimize, thompson = _botorch.optimize, _botorch.thompson
+    optimize, thompson = _explore.optimize, _explore.thompson
 
-    def spy_optimize(acqf, X, Y, space, settings, q, X_pending, generator):
-        seen.append((type(acqf).__name__, None if X_pending is None else X_pending.tolist()))
-        return optimize(acqf, X, Y, space, settings, q, X_pending, generator)
+    def spy_optimize(acqf, p: Proposal):
+        seen.append((type(acqf).__name__, None if p.X_pending is None else p.X_pending.tolist()))
+        return optimize(acqf, p)
 
-    def spy_thompson(model, X, Y, space, settings, q, X_pending, generator):
-        seen.append(("thompson", None if X_pending is None else X_pending.tolist()))
-        return thompson(model, X, Y, space, settings, q, X_pending, generator)
+    def spy_thompson(model, p: Proposal):
+        seen.append(("thompson", None if p.X_pending is None else p.X_pending.tolist()))
+        return thompson(model, p)
 
-    monkeypatch.setattr(_botorch, "optimize", spy_optimize)
-    monkeypatch.setattr(_botorch, "thompson", spy_thompson)
+    monkeypatch.setattr(_explore, "optimize", spy_optimize)
+    monkeypatch.setattr(_explore, "thompson", spy_thompson)
     space = parse_overrides(overrides)[0]
     bo = BayesOpt(space, BOSettings(n_initial=5, **FAST), budget=20)
     run(bo, lambda **p: -((p["x"] - 2) ** 2), 5)

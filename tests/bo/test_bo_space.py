@@ -11,9 +11,9 @@ from nasrun import UserError
 from nasrun.bo import (
     Categorical,
     Integer,
+    ParamSpace,
+    ParamSpaceError,
     Real,
-    SearchSpace,
-    SearchSpaceError,
     parse_overrides,
     prepare_sweeper_args,
 )
@@ -75,7 +75,7 @@ def test_fixed_overrides_pass_through() -> None:
 )
 def test_bad_input_is_one_line_naming_the_parameter(line: str, needle: str) -> None:
     name = line.split("=")[0]
-    with pytest.raises(SearchSpaceError) as info:
+    with pytest.raises(ParamSpaceError) as info:
         parse_overrides([line])
     msg = str(info.value)
     assert f"'{name}'" in msg and needle in msg and "\n" not in msg
@@ -83,9 +83,9 @@ def test_bad_input_is_one_line_naming_the_parameter(line: str, needle: str) -> N
 
 
 def test_empty_space_and_duplicates() -> None:
-    with pytest.raises(SearchSpaceError, match="search space is empty"):
+    with pytest.raises(ParamSpaceError, match="search space is empty"):
         parse_overrides(["data=digits"])
-    with pytest.raises(SearchSpaceError, match="'x' is given twice"):
+    with pytest.raises(ParamSpaceError, match="'x' is given twice"):
         parse_overrides(["x=interval(0, 1)", "x=interval(0, 2)"])
 
 
@@ -115,7 +115,7 @@ def test_encoding_round_trip_and_snapping() -> None:
 
 
 def test_log_integers_round_geometrically() -> None:
-    space = SearchSpace([Integer("n", 1, 1024, 1, True)])
+    space = ParamSpace([Integer("n", 1, 1024, 1, True)])
     assert space.decode([0.5]) == {"n": 32}
     assert space.decode([0.0]) == {"n": 1} and space.decode([1.0]) == {"n": 1024}
 

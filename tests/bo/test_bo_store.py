@@ -43,3 +43,27 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
     bogus.write_text("this is not a database, " * 100)
     with pytest.raises(UserError, match="is not a nasrun trial store"):
         TrialStore(bogus)
+
+
+def test_a_store_from_before_workers_and_reports_is_upgraded_on_opening(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "trials.sqlite"
+    with sqlite3.connect(path) as db:  # the schema of the first release
+        db.executescript(
+            """
+            CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+            CREATE TABLE trials (
+                id INTEGER PRIMARY KEY, params TEXT NOT NULL, x TEXT NOT NULL, state TEXT NOT NULL,
+                value REAL, error TEXT, job INTEGER, created REAL NOT NULL, started REAL, finished REAL
+            );
+            INSERT INTO trials VALUES (1, '{"lr": 0.1}', '[0.5]', 'COMPLETED', 0.9, NULL, 0, 1.0, 2.0, 3.0);
+            INSERT INTO trials VALUES (2, '{"lr": 0.2}', '[0.7]', 'RUNNING', NULL, NULL, 1, 1.0, 2.0, NULL);
+            """
+        )
+    store = TrialStore(path)
+    done, running = store.trials()
+    assert done.value == 0.9 and done.epoch is None and running.owner is None
+    # The old sweeper is gone: its RUNNING trial is queued again, and job numbers go on after 1.
+    (claimed,) = store.claim("me", budget=2)
+    assert claimed.id == 1 and store.start([claimed])[0].job == 2

@@ -1,4 +1,4 @@
-"""The black-box configs' schemas: wrong types stop at compose time, defaults match the YAML."""
+"""The config schemas: generated from the constructors, wrong types stop at compose time, YAML only chooses."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -63,17 +64,136 @@ CASES: list[tuple[str, str, type, list[str]]] = [
     ),
     ("evaluator=tabular", "evaluator", schema.TabularEvaluatorConfig, ["evaluator.table=[1,2]"]),
     ("space=nb201", "", schema.NB201SpaceConfig, ["space.channels=x", "space.cells=2.5"]),
+    # A one-shot method's pieces are typed too (search.sampler, search.update).
+    ("search=gdas", "", schema.GumbelMaxSTConfig, ["search.sampler.tau_start=hot"]),
+    ("search=snas", "", schema.SingleLevelConfig, ["search.update.cost_weight=x"]),
+    ("search=rsps", "", schema.UniformSamplingConfig, ["search.update.candidates=1.5"]),
+    ("search=enas", "", schema.ReinforceControllerConfig, ["search.update.hidden=x", "search.update.lr=[1]"]),
 ]
 
 
-@pytest.mark.parametrize("option, node, cls, bad", CASES, ids=[c[0] for c in CASES])
-def test_schema_defaults_are_the_yaml_values(option: str, node: str, cls: type, bad: list[str]) -> None:
-    group, name = option.split("=")
-    yaml = OmegaConf.load(config_dir() / group / f"{name}.yaml")
-    assert yaml.pop("defaults")[0] in (f"{name}_schema", f"{name}_schema@{group}")
-    values: Any = OmegaConf.to_container(OmegaConf.select(yaml, node) if node else yaml)
-    assert values == OmegaConf.to_container(OmegaConf.structured(cls))
-    assert "_target_" in values
+#: What ``conf/config.yaml`` picks for each group when nothing else does.
+DEFAULT_OPTIONS = {"search": "darts", "space": "cifar_cell", "data": "cifar10", "trainer": "default"}
+DEFAULT_OPTIONS |= {"retrain": "cifar_cell", "evaluator": "train"}
+
+
+def _body(path: Path) -> tuple[list[Any], dict[str, Any]]:
+    """A config file's defaults list and its own values (interpolations left as written)."""
+    raw: Any = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    return list(raw.pop("defaults", [])), raw
+
+
+def _plain(node: Any) -> Any:
+    """A typed node as plain values, so that nodes of different schemas merge."""
+    return OmegaConf.to_container(node, resolve=False)
+
+
+def _place(values: Any, package: str) -> Any:
+    for key in reversed([k for k in package.split(".") if k]):
+        values = {key: values}
+    return values
+
+
+def _inherited(group: str, entries: list[Any]) -> Any:
+    """The values that a file in ``group`` inherits from the entries of its defaults list before ``_self_``."""
+    base = OmegaConf.create({})
+    for entry in entries:
+        if entry == "_self_":
+            break
+        if isinstance(entry, dict):  # a sub-group choice (early_stop: skip_connects) or an override
+            ((key, option),) = entry.items()
+            key = key.removeprefix("override ").lstrip("/")
+            if option is not None and (config_dir() / group / key).is_dir():
+                base = OmegaConf.merge(base, {key: _option_values(f"{group}/{key}", option)})
+            elif option is not None:  # a global file choosing another group's option
+                base = OmegaConf.merge(base, {key: _option_values(key, option)})
+            continue
+        name, _, package = entry.partition("@")
+        if name.endswith("_schema"):
+            node = ConfigStore.instance().load(f"{group.split('/')[0]}/{name}.yaml").node
+            base = OmegaConf.merge(base, _place(_plain(node), package))
+        else:  # a parent option of the same group (pc_darts starts from darts)
+            base = OmegaConf.merge(base, _option_values(group, name))
+    return base
+
+
+def _option_values(group: str, option: str) -> Any:
+    """Every value an option's file ends with: inherited, then its own."""
+    entries, own = _body(config_dir() / group / f"{option}.yaml")
+    return OmegaConf.merge(_inherited(group, entries), own)
+
+
+def _restated(own: Any, base: Any, prefix: str = "") -> list[str]:
+    found = []
+    for key, value in own.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            found += _restated(value, base[key], path + ".")
+        elif key in base and value == base[key]:
+            found.append(f"{path}: {value!r}")
+    return found
+
+
+def _files() -> list[Path]:
+    root = config_dir()
+    return sorted(p for p in root.rglob("*.yaml") if p.relative_to(root).parts[0] not in ("hydra", "sweep"))
+
+
+@pytest.mark.parametrize("path", _files(), ids=lambda p: str(p.relative_to(config_dir())))
+def test_no_config_file_restates_a_default(path: Path) -> None:
+    """A default is written once, in the constructor (or dataclass) that owns it; YAML only chooses.
+
+    Each file's own values are compared with what it would have without them: its schema's
+    defaults and what its defaults list brings (a parent option, a sub-group), or for a global file
+    the default options of the groups it sets.
+    """
+    schema.register_configs()
+    root = config_dir()
+    rel = path.relative_to(root)
+    entries, own = _body(path)
+    if rel.parts[0] == "config.yaml":
+        base = OmegaConf.structured(schema.NasrunConfig)
+    elif path.read_text().startswith("# @package _global_"):
+        base = OmegaConf.create(
+            {g: _option_values(g, o) for g, o in DEFAULT_OPTIONS.items()}
+            | {"genotype": _plain(OmegaConf.structured(schema.GenotypeConfig))}
+        )
+        base = OmegaConf.merge(
+            _plain(OmegaConf.structured(schema.NasrunConfig)), base, _inherited(rel.parts[0], entries)
+        )
+    elif rel.parts[0] == "experiment_overrides":
+        group, option = rel.parts[1], path.stem.split("_", 1)[1]
+        base = _option_values(group, option)
+    else:
+        base = _inherited(str(rel.parent), entries)
+    restated = _restated(own, OmegaConf.to_container(base, resolve=False))
+    assert not restated, f"{rel} restates defaults (delete them; the constructor owns them): {restated}"
+
+
+TARGETED = [n for g in schema.SCHEMAS.values() for n in g.values() if hasattr(n, "_target_")]
+
+
+@pytest.mark.parametrize("cls", TARGETED, ids=[c.__name__ for c in TARGETED])
+def test_schemas_are_the_constructors_signatures(cls: type) -> None:
+    """The schema has a field per parameter of its target, with the parameter's default."""
+    import inspect
+
+    from hydra.utils import get_method
+
+    node = OmegaConf.structured(cls)
+    target = get_method(node._target_)
+    params = {
+        n: p.default
+        for n, p in inspect.signature(target).parameters.items()
+        if n not in schema.SEARCH_RUNTIME_ARGS or not node.get("_partial_")
+    }
+    assert set(params) == set(node) - {"_target_", "_partial_"}
+    for name, default in params.items():
+        value = OmegaConf.to_container(node, resolve=False)[name]  # type: ignore[index]
+        if default is inspect.Parameter.empty:  # required: the config must set it
+            assert value == "???", name
+        else:
+            assert value == (list(default) if isinstance(default, tuple) else default), name
 
 
 @pytest.mark.parametrize("option, node, cls, bad", CASES, ids=[c[0] for c in CASES])

@@ -34,6 +34,22 @@ def test_missing_cifar_names_the_root_and_the_offline_alternative(tmp_path: Path
         cifar10(root=str(tmp_path / "nowhere"), download=False)
 
 
+def test_data_root_is_the_argument_else_nasrun_data_else_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nasrun.data.cifar import data_root
+
+    monkeypatch.setenv("NASRUN_DATA", str(tmp_path / "env"))
+    assert data_root(str(tmp_path / "given")) == tmp_path / "given"
+    assert data_root(None) == tmp_path / "env"
+    monkeypatch.delenv("NASRUN_DATA")
+    assert data_root(None) == Path("~/.cache/nasrun").expanduser()
+    write_cifar10(tmp_path / "env")
+    trust_local_files(monkeypatch)
+    monkeypatch.setenv("NASRUN_DATA", str(tmp_path / "env"))
+    assert len(cifar10(download=False).test) == 6  # found through the environment
+
+
 def test_batch_augmentation_shapes_and_cutout() -> None:
     x = torch.ones(8, 3, 32, 32)
     out = augment_batch(x, Augment(crop_padding=4, flip=True, cutout=16), torch.Generator().manual_seed(0))

@@ -1,60 +1,28 @@
-"""The PNG plots: each writes a real image, and the best-so-far helper is a running optimum."""
+"""The PNG plots: each writes a real image; best-so-far is a running optimum; the sweep's trials
+and the one-shot architecture weights reach the figures as the history holds them."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from nasrun.report.plots import best_so_far, plot_cells, plot_convergence, plot_training_curves
-from nasrun.space.genotype import Genotype
+from nasrun.bo.store import Trial, TrialState
+from nasrun.report import plots
+from nasrun.report.plots import (
+    arch_weight_grids,
+    arch_weight_records,
+    best_so_far,
+    panel_indices,
+    plot_arch_weights,
+    plot_convergence,
+    plot_trials,
+    supernet_edge_labels,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def darts_v2() -> Genotype:
-    """DARTS_V2 as published (Liu et al. 2019)."""
-    return Genotype(
-        normal=(
-            ("sep_conv_3x3", 0),
-            ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 0),
-            ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1),
-            ("skip_connect", 0),
-            ("skip_connect", 0),
-            ("dil_conv_3x3", 2),
-        ),
-        normal_concat=(2, 3, 4, 5),
-        reduce=(
-            ("max_pool_3x3", 0),
-            ("max_pool_3x3", 1),
-            ("skip_connect", 2),
-            ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0),
-            ("skip_connect", 2),
-            ("skip_connect", 2),
-            ("max_pool_3x3", 1),
-        ),
-        reduce_concat=(2, 3, 4, 5),
-    )
-
-
-def nb201() -> Genotype:
-    # Node k has k incoming edges: 1 <- 0; 2 <- 0, 1; 3 <- 0, 1, 2.
-    return Genotype(
-        normal=(
-            ("nor_conv_3x3", 0),
-            ("nor_conv_3x3", 0),
-            ("skip_connect", 1),
-            ("avg_pool_3x3", 0),
-            ("none", 1),
-            ("nor_conv_1x1", 2),
-        ),
-        normal_concat=(3,),
-        space="nb201",
-    )
 
 
 def assert_png(path: Path, min_width: int = 100, min_height: int = 100) -> tuple[int, int]:
@@ -94,42 +62,136 @@ def test_best_so_far_is_monotone(maximize: bool) -> None:
     assert best[-1] == (max(values) if maximize else min(values))
 
 
-def test_plot_cells_darts_v2_has_two_panels(tmp_path: Path) -> None:
-    out = plot_cells(darts_v2(), tmp_path / "cells.png", title="DARTS_V2")
-    assert out == tmp_path / "cells.png"
-    h, w = assert_png(out, min_width=500)
-    # Normal and reduction cells are stacked, so the figure is about as tall as it is wide.
-    assert h > 0.7 * w
-
-
-def test_plot_cells_nb201_single_panel(tmp_path: Path) -> None:
-    h, w = assert_png(plot_cells(nb201(), tmp_path / "nb201.png"), min_width=300)
-    assert h < w  # one cell, no reduction panel
-
-
-def test_plot_cells_explicit_per_node_and_bad_grouping(tmp_path: Path) -> None:
-    g = darts_v2()
-    assert_png(plot_cells(g, tmp_path / "ok.png", per_node=[2, 2, 2, 2]))
-    with pytest.raises(ValueError, match="per_node"):
-        plot_cells(g, tmp_path / "bad.png", per_node=[2, 2, 2])
-    assert not (tmp_path / "bad.png").exists()
-
-
 def test_plot_convergence(tmp_path: Path) -> None:
     values = [0.5, 0.4, math.nan, 0.7, 0.6, 0.8]
     assert_png(plot_convergence(values, tmp_path / "conv.png", title="search", maximize=True))
     assert_png(plot_convergence(values, tmp_path / "conv_min.png", ylabel="loss", maximize=False))
 
 
-def test_plot_training_curves_skips_missing_keys(tmp_path: Path) -> None:
-    history = [{"epoch": e, "train_acc": 0.5 + 0.05 * e, "val_acc": 0.4 + 0.04 * e} for e in range(6)]
-    history[2].pop("val_acc")
-    out = plot_training_curves(history, tmp_path / "curves.png")  # test_acc is absent throughout
-    assert_png(out)
-
-
 def test_missing_folder_is_created_and_no_temp_left(tmp_path: Path) -> None:
     target = tmp_path / "not" / "yet" / "there" / "conv.png"
     assert_png(plot_convergence([1.0, 2.0], target))
-    assert_png(plot_training_curves([], target.with_name("empty.png")))
+    assert_png(plot_convergence([], target.with_name("empty.png")))
     assert sorted(p.name for p in target.parent.iterdir()) == ["conv.png", "empty.png"]
+
+
+def _pixels(path: Path) -> Any:
+    from matplotlib.image import imread
+
+    return imread(path)
+
+
+def test_convergence_marks_evaluations_without_a_score(tmp_path: Path) -> None:
+    values = [0.5, math.nan, 0.7, math.nan, 0.6]
+    plain = plot_convergence(values, tmp_path / "plain.png")
+    marked = plot_convergence(
+        values, tmp_path / "marked.png", xs=[0, 1, 2, 3, 4], states=[None, "failed", None, "running", None]
+    )
+    assert_png(marked)
+    a, b = _pixels(plain), _pixels(marked)
+    assert a.shape == b.shape and (a != b).any()  # the marks (and their legend entries) were drawn
+    with pytest.raises(ValueError, match="5 values need as many xs and states"):
+        plot_convergence(values, tmp_path / "bad.png", states=[None])
+    assert not (tmp_path / "bad.png").exists()
+
+
+def _trial(i: int, state: TrialState, value: float | None) -> Trial:
+    return Trial(id=i, params={"x": i}, x=[0.1 * i], state=state, value=value, job=i)
+
+
+def test_plot_trials_passes_scores_and_states_to_the_convergence_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trials = [
+        _trial(0, TrialState.COMPLETED, 3.0),
+        _trial(1, TrialState.FAILED, None),
+        _trial(2, TrialState.COMPLETED, 1.5),
+        _trial(3, TrialState.RUNNING, None),
+    ]
+    calls: list[dict[str, Any]] = []
+
+    def fake(values: list[float], path: Path, **kwargs: Any) -> Path:
+        calls.append({"values": values, "path": path, **kwargs})
+        return path
+
+    monkeypatch.setattr(plots, "plot_convergence", fake)
+    plot_trials(trials, tmp_path / "c.png", direction="minimize")
+    (call,) = calls
+    assert call["values"][0] == 3.0 and call["values"][2] == 1.5
+    assert math.isnan(call["values"][1]) and math.isnan(call["values"][3])
+    assert call["xs"] == [0, 1, 2, 3] and call["states"] == [None, "failed", None, "running"]
+    assert call["maximize"] is False and call["ylabel"] == "objective (minimize)"
+
+
+def test_plot_trials_writes_a_png(tmp_path: Path) -> None:
+    trials = [_trial(0, TrialState.COMPLETED, 3.0), _trial(1, TrialState.FAILED, None)]
+    assert_png(plot_trials(trials, tmp_path / "c.png"))
+
+
+OPS = ["none", "skip_connect", "sep_conv_3x3"]
+
+
+def _history(epochs: int, n_edges: int = 5) -> list[dict[str, Any]]:
+    """One-shot records as the search writes them: softmaxed weights per cell type, the ops."""
+    out = []
+    for e in range(1, epochs + 1):
+        rows = [[0.2, 0.3, 0.5] if (k + e) % 2 else [0.6, 0.3, 0.1] for k in range(n_edges)]
+        out.append({"epoch": e, "val_acc": 10.0 * e, "alphas": {"normal": rows, "edges": {}}, "ops": OPS})
+    return out
+
+
+def test_arch_weight_grids_place_each_weight_under_its_op() -> None:
+    history = _history(2)
+    columns, grids = arch_weight_grids(history, "normal")
+    assert columns == OPS and len(grids) == 2 and grids[0].shape == (5, 3)
+    assert grids[0][0].tolist() == [0.2, 0.3, 0.5] and grids[1][0].tolist() == [0.6, 0.3, 0.1]
+
+
+def test_arch_weight_grids_of_a_staged_search_leave_pruned_ops_empty() -> None:
+    # P-DARTS: the second stage keeps two ops per edge, a different pair on each edge.
+    first = {"alphas": {"normal": [[0.2, 0.3, 0.5], [0.4, 0.4, 0.2]]}, "ops": OPS}
+    second = {
+        "alphas": {"normal": [[0.9, 0.1], [0.25, 0.75]]},
+        "edge_ops": {"normal": [["sep_conv_3x3", "skip_connect"], ["none", "skip_connect"]]},
+    }
+    columns, (g1, g2) = arch_weight_grids([first, second], "normal")
+    assert columns == OPS
+    assert g1.tolist() == [[0.2, 0.3, 0.5], [0.4, 0.4, 0.2]]
+    assert math.isnan(g2[0, 0]) and g2[0, 1:].tolist() == [0.1, 0.9]
+    assert g2[1, :2].tolist() == [0.25, 0.75] and math.isnan(g2[1, 2])
+
+
+def test_only_records_with_a_cell_types_weights_count() -> None:
+    history = [{"epoch": 0}, *_history(2)]
+    assert len(arch_weight_records(history, "normal")) == 2
+    assert arch_weight_records(history, "reduce") == []
+    assert arch_weight_records(history, "edges") == []  # PC-DARTS's edge weights are no cell
+
+
+@pytest.mark.parametrize(
+    ("n", "max_panels", "expected"),
+    [(4, 6, [0, 1, 2, 3]), (11, 6, [0, 2, 4, 6, 8, 10]), (50, 3, [0, 24, 49]), (7, 1, [6])],
+)
+def test_panel_indices(n: int, max_panels: int, expected: list[int]) -> None:
+    assert panel_indices(n, max_panels) == expected
+
+
+def test_supernet_edge_labels_follow_the_darts_edge_order() -> None:
+    assert supernet_edge_labels(5) == [
+        "$c_{k-2}$ → 0",
+        "$c_{k-1}$ → 0",
+        "$c_{k-2}$ → 1",
+        "$c_{k-1}$ → 1",
+        "0 → 1",
+    ]
+    assert len(supernet_edge_labels(14)) == 14 and supernet_edge_labels(14)[-1] == "2 → 3"
+    assert supernet_edge_labels(4) == ["edge 0", "edge 1", "edge 2", "edge 3"]
+
+
+def test_plot_arch_weights(tmp_path: Path) -> None:
+    h, w = assert_png(plot_arch_weights(_history(9), "normal", tmp_path / "alphas.png"))
+    h2, w2 = assert_png(plot_arch_weights(_history(1), "normal", tmp_path / "one.png"))
+    assert w > 1.5 * w2  # six panels side by side in rows of three, against one
+    with pytest.raises(ValueError, match="reduce cell"):
+        plot_arch_weights(_history(2), "reduce", tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

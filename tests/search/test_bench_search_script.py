@@ -16,6 +16,7 @@ def test_every_one_shot_method_is_offered_and_times_a_step(capsys: pytest.Captur
     bench = load_script(SCRIPT)
     methods = bench.one_shot_searches()
     assert {"darts", "darts_2nd", "pc_darts", "darts_plus", "p_darts"} <= set(methods)
+    assert {"gdas", "snas", "rsps", "enas"} <= set(methods)
     assert "random_search" not in methods  # black-box strategies have no supernet step
     for method in methods:
         bench.main(
@@ -25,3 +26,17 @@ def test_every_one_shot_method_is_offered_and_times_a_step(capsys: pytest.Captur
         line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert line["search"] == method and line["sec_per_step"] > 0 and line["peak_memory_mb"] > 0
         assert line["order"] == (2 if method == "darts_2nd" else 1)
+        assert (line["controller_sec_per_step"] is not None) == (method == "enas")
+
+
+@pytest.mark.parametrize("method", ["darts", "gdas", "snas", "rsps", "enas"])
+def test_the_sampling_methods_time_a_step_on_the_nb201_supernet(
+    capsys: pytest.CaptureFixture[str], method: str
+) -> None:
+    bench = load_script(SCRIPT)
+    bench.main(
+        ["--search", method, "--space", "nb201", "--channels", "4", "--cells", "1", "--batch-size", "4"]
+        + ["--image-size", "8", "--steps", "1", "--warmup", "0"]
+    )
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["space"] == "nb201" and line["cells_per_stage"] == 1 and line["sec_per_step"] > 0

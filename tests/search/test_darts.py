@@ -8,10 +8,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from nasrun.data.synthetic import synthetic
+from nasrun.run_folder import read_history
 from nasrun.search.base import SearchContext
 from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.train.trainer import NonFiniteLossError, Trainer
+from nasrun.train.runtime import NonFiniteLossError
+from nasrun.train.trainer import Trainer
 
 
 def _tiny_stepper(order: int, unrolled_eps: float = 0.01):
@@ -71,6 +73,21 @@ def test_second_order_gradient_matches_autograd_through_the_unrolled_step() -> N
     assert not torch.allclose(first[0], exact[0], rtol=1e-2)
 
 
+def test_the_unrolled_gradient_leaves_the_batchnorm_statistics_as_they_were() -> None:
+    """Its four extra training passes record running statistics; they are restored, even on an error."""
+    stepper = _tiny_stepper(order=2)
+    x, y = torch.randn(8, 2, 8, 8, dtype=torch.float64), torch.randint(0, 3, (8,))
+    stepper.step(x, y, x, y)
+    before = [b.clone() for b in stepper.module.buffers()]
+    stepper.unrolled_arch_grad(x, y, 2 * x, y)
+    assert all(torch.equal(a, b) for a, b in zip(before, stepper.module.buffers(), strict=True))
+    with pytest.raises(RuntimeError):
+        stepper.unrolled_arch_grad(x, y, x[:, :1], y)  # a wrong input shape fails mid-way
+    assert all(torch.equal(a, b) for a, b in zip(before, stepper.module.buffers(), strict=True))
+    stepper.weight_step(x, y)  # an ordinary step does record them
+    assert not all(torch.equal(a, b) for a, b in zip(before, stepper.module.buffers(), strict=True))
+
+
 def test_first_order_step_moves_alphas_and_weights() -> None:
     torch.manual_seed(0)
     stepper = _tiny_stepper(order=1)
@@ -122,6 +139,8 @@ def test_search_batch_size_larger_than_the_halves_is_clamped_with_a_warning(tmp_
     search = OneShotSearch(space, seed=0, epochs=1, batch_size=500)
     ctx = SearchContext(space=space, run_dir=tmp_path, data=data, trainer=Trainer(device="cpu"))
     result = search.run(ctx)
-    assert result.history[0]["train_loss"] > 0  # a step was taken on the 10-image half
+    assert (
+        result.metrics and read_history(tmp_path / "history.jsonl")[0]["train_loss"] > 0
+    )  # a step on 10 images
     out = capsys.readouterr().out
     assert "search.batch_size=500 is larger than the 10 images in each half" in out

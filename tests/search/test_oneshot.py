@@ -17,7 +17,6 @@ from nasrun.search.edges import PartialChannelEdge
 from nasrun.search.oneshot import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.genotype import Genotype
-from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer
 
 OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
@@ -88,9 +87,18 @@ def test_early_stop_records_epoch_and_reason_and_survives_resume(tmp_path: Path)
     assert _history(tmp_path) == h and again.genotype == full.genotype
 
 
+class _Flat:
+    """A space known only by its categorical decisions: no supernet."""
+
+    name = "flat"
+
+    def decisions(self) -> list[int]:
+        return [3, 3]
+
+
 def test_bad_one_shot_settings_are_one_line() -> None:
-    with pytest.raises(UserError, match="one-shot search needs a space with a supernet; space 'nb201'"):
-        OneShotSearch(NB201Space())
+    with pytest.raises(UserError, match="one-shot search needs a space with a supernet; space 'flat'"):
+        OneShotSearch(_Flat())  # type: ignore[arg-type]
     with pytest.raises(UserError, match=r"search.warmup_epochs=5: must be in \[0, search.epochs=5\)"):
         OneShotSearch(_space(), epochs=5, warmup_epochs=5)
     with pytest.raises(UserError, match="search.edge.k=3: must divide"):

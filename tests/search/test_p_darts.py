@@ -99,6 +99,7 @@ ARGS = [
 ]
 
 
+@pytest.mark.slow  # about 45 s; kill-and-resume of the one-shot loop is also in tests/test_resume.py
 def test_sigkill_across_a_stage_change_resumes_to_the_same_search(tmp_path: Path) -> None:
     whole = run_cli(*ARGS, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr

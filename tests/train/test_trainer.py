@@ -9,7 +9,8 @@ from torch import nn
 
 from nasrun.data.synthetic import synthetic
 from nasrun.run_folder import load_checkpoint
-from nasrun.train.trainer import NonFiniteLossError, Trainer
+from nasrun.train.runtime import NonFiniteLossError
+from nasrun.train.trainer import Trainer
 
 
 class GoesNaN(nn.Module):
@@ -81,3 +82,46 @@ def test_batch_size_larger_than_the_training_split_is_clamped_with_a_warning(cap
     assert "using batches of 30" in out
     trainer.fit(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 4)), data, quiet=True)
     assert "trainer.batch_size" not in capsys.readouterr().out  # said once, not per fit
+
+
+def test_tensorboard_scalars_mirror_the_history(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from nasrun.run_folder import read_history
+
+    data = synthetic(n_train=32, n_test=8, image_size=8, num_classes=4, val_portion=0.25)
+    trainer = Trainer(device="cpu", epochs=3, batch_size=8, tensorboard=True)
+    trainer.fit(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)), data, run_dir=tmp_path, quiet=True)
+    history = read_history(tmp_path / "retrain_history.jsonl")
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert "retrain/val_acc" in events.Tags()["scalars"] and "retrain/epoch" not in events.Tags()["scalars"]
+    loss = events.Scalars("retrain/train_loss")
+    assert [e.step for e in loss] == [1, 2, 3]
+    assert [e.value for e in loss] == pytest.approx([r["train_loss"] for r in history])
+
+
+def test_tensorboard_without_the_package_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from nasrun import UserError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a)
+    )
+    with pytest.raises(
+        UserError, match=r"trainer.tensorboard=true needs the tensorboard package: pip install"
+    ):
+        Trainer(device="cpu", tensorboard=True)
+
+
+def test_channels_last_auto_is_on_for_the_cpu_and_can_be_forced() -> None:
+    from nasrun import UserError
+
+    assert Trainer(device="cpu").channels_last is True  # the default, "auto"
+    assert Trainer(device="cpu", channels_last=False).channels_last is False
+    model = Trainer(device="cpu").prepare(nn.Conv2d(3, 4, 3))
+    assert model.weight.is_contiguous(memory_format=torch.channels_last)  # type: ignore[union-attr]
+    with pytest.raises(UserError, match="trainer.channels_last='yes': must be true, false or auto"):
+        Trainer(device="cpu", channels_last="yes")

@@ -1,0 +1,241 @@
+"""How a one-shot method updates its architecture: the pieces the one loop (``oneshot.py``) composes.
+
+``DartsStepper`` (``nasrun.search.darts``) is the default: bilevel gradient steps, first or second
+order. A method that updates the architecture differently names an ``ArchUpdate`` in
+``search.update`` (SNAS's single-level step, RSPS's uniform sampling, ENAS's controller); the
+update checks the search's settings when the search is built and then builds the stepper the
+loop drives. Every stepper is a ``DartsStepper`` underneath (the same weight optimiser, schedule
+and checkpoint state), so the loop treats them alike.
+
+Steppers that sample whole cells (RSPS, ENAS) also implement ``EpochHooks``: work after an
+epoch's weight steps (ENAS's controller phase) and their own derivation (sample candidate cells,
+score each with the shared weights on validation batches, keep the best). ``CellSamplingStepper``
+is their common part.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import torch
+from torch.func import functional_call
+
+from nasrun import UserError
+from nasrun.data.base import TensorSplit
+from nasrun.search.darts import DartsStepper
+from nasrun.space.base import SampledSpace
+from nasrun.space.genotype import Genotype
+from nasrun.train.runtime import epoch_generator
+from nasrun.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    from nasrun.search.oneshot import OneShotNetwork, OneShotSearch
+
+#: ``(x [B, C, H, W], y [B])`` batches on the run's device.
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+# The random streams of an epoch's end (0 and 1 shuffle the epoch's weight and architecture steps).
+CONTROLLER_STREAM = 2  # ENAS's controller phase: its validation batches
+SCORE_STREAM = 3  # the validation batches that score candidate cells
+CANDIDATE_STREAM = 4  # the draws of the candidate cells
+
+
+class ArchUpdate(Protocol):
+    """A method's architecture update (``search.update``): checks the search, builds its stepper."""
+
+    def check(self, search: OneShotSearch) -> None:
+        """Raise ``UserError`` (naming the key) if the search's space or settings do not fit."""
+        ...
+
+    def stepper(self, network: OneShotNetwork, trainer: Trainer, *, seed: int, **darts: Any) -> DartsStepper:
+        """The stepper of one stage; ``darts`` are ``DartsStepper``'s arguments (order, epochs, lrs ...)."""
+        ...
+
+
+@dataclass
+class EpochData:
+    """The architecture's half of the search data, for a stepper's work at the end of an epoch.
+
+    Each ``stream`` shuffles it the same way on every run of ``epoch``, so a resumed search does
+    exactly what the uninterrupted one did.
+
+    Attributes:
+        split: the architecture's half of the training images.
+        batch_size: the search's batch size.
+        runtime: device, precision and memory format.
+        seed: the search's seed.
+        epoch: the epoch, counted from 0 over the whole search.
+        augment: the data set's training augmentation.
+        status: shows a short status text in the search's progress bar.
+    """
+
+    split: TensorSplit
+    batch_size: int
+    runtime: Trainer
+    seed: int
+    epoch: int
+    augment: Any
+    status: Callable[[str], None]
+
+    def generator(self, stream: int) -> torch.Generator:
+        """A CPU generator for ``stream`` of this epoch (streams 0 and 1 shuffle the epoch's steps)."""
+        return epoch_generator(self.seed, self.epoch, stream)
+
+    def batches(self, stream: int, augment: bool = True) -> Batches:
+        """One pass over the split, shuffled by ``stream``."""
+        return self.runtime.batches(
+            self.split, self.batch_size, self.generator(stream), self.augment if augment else None
+        )
+
+    def endless(self, stream: int) -> Batches:
+        """Pass after pass over the split (augmented), shuffled anew each pass from ``stream``."""
+        gen = self.generator(stream)
+        while True:
+            yield from self.runtime.batches(self.split, self.batch_size, gen, self.augment)
+
+
+@runtime_checkable
+class EpochHooks(Protocol):
+    """What a stepper may add after an epoch's steps."""
+
+    def end_epoch(self, data: EpochData, arch_steps: bool) -> dict[str, Any]:
+        """Work after the epoch's steps (``arch_steps``: the epoch updates the architecture).
+
+        Returns:
+            Values to add to the epoch's history record.
+        """
+        ...
+
+    def derive(self, data: EpochData) -> Genotype | None:
+        """The epoch's cell, or ``None`` for the space's derivation from the architecture weights."""
+        ...
+
+
+def check_sampled_space(search: OneShotSearch, method: str) -> SampledSpace:
+    """The search's space, if cells of it can be sampled and run in its supernet; else ``UserError``."""
+    space = search.space
+    if not isinstance(space, SampledSpace) or not space.decisions():
+        raise UserError(
+            f"search={method} samples whole cells and runs them in the supernet; space {space.name!r} "
+            "cannot (it has no genotype_weights or no decisions)"
+        )
+    if any(st.ops_kept is not None for st in search.stages):
+        raise UserError(
+            f"search.stages.ops_kept: search={method} samples cells of the whole space; pruning the "
+            "candidate ops does not apply (set the stages' ops_kept to null)"
+        )
+    if search.order != 1:
+        raise UserError(f"search.order={search.order}: search={method} takes no unrolled architecture step")
+    if search.max_skips is not None:
+        raise UserError(
+            f"search.max_skips={search.max_skips}: search={method} derives sampled cells, not from the "
+            "architecture weights that the skip-connect cap edits (set search.max_skips=null)"
+        )
+    return space
+
+
+class CellSamplingStepper(DartsStepper):
+    """Weight steps on one sampled cell per batch; the epoch's cell is the best of sampled candidates.
+
+    Every training batch runs one cell drawn by ``propose`` (the supernet's ``SampledEdge`` edges
+    compute only its ops). After the epoch, ``candidates`` cells are drawn, each scored by its
+    accuracy with the shared weights on the same ``score_batches`` validation batches, and the
+    best (the first of equals) is the epoch's cell. Scoring runs BatchNorm on the batch's
+    statistics, as in training, and leaves the running statistics untouched.
+
+    Args:
+        supernet: the ``OneShotNetwork`` (its space must be a ``SampledSpace``).
+        trainer: device, precision and memory format.
+        candidates: cells drawn to derive the epoch's cell.
+        score_batches: validation batches each candidate is scored on.
+        seed: seeds the sampling of the training cells.
+        **darts: ``DartsStepper``'s arguments (the weight optimiser and schedule).
+    """
+
+    def __init__(
+        self,
+        supernet: OneShotNetwork,
+        trainer: Trainer,
+        *,
+        candidates: int,
+        score_batches: int,
+        seed: int,
+        **darts: Any,
+    ) -> None:
+        super().__init__(supernet, trainer, **darts)
+        self.network = supernet
+        assert isinstance(supernet.space, SampledSpace)
+        self.space: SampledSpace = supernet.space
+        self.sizes = self.space.decisions()
+        self.candidates = candidates
+        self.score_batches = score_batches
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = next(supernet.parameters()).device
+
+    def propose(self, generator: torch.Generator) -> tuple[int, ...]:
+        """One cell as a choice index per decision of the space."""
+        raise NotImplementedError
+
+    def use(self, choices: tuple[int, ...]) -> Genotype:
+        """Make the supernet run ``choices``'s cell; returns the cell."""
+        genotype = self.space.decode(choices)
+        weights = self.space.genotype_weights(genotype, self.network.edge_ops)
+        self.network.set_architecture({t: w.to(self.device) for t, w in weights.items()})
+        return genotype
+
+    def step(
+        self,
+        x_train: torch.Tensor,
+        y_train: torch.Tensor,
+        x_val: torch.Tensor,
+        y_val: torch.Tensor,
+        arch_step: bool = True,
+    ) -> tuple[float, int]:
+        """One weight step on a freshly sampled cell (the validation batch is not used here)."""
+        self.use(self.propose(self.generator))
+        return self.weight_step(x_train, y_train)
+
+    @torch.no_grad()
+    def accuracy(self, choices: tuple[int, ...], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        """The fraction of ``batches`` that ``choices``'s cell classifies right with the shared weights."""
+        self.use(choices)
+        was_training = self.module.training
+        self.module.train()
+        # Copies of the buffers: BatchNorm uses the batch's statistics without updating its own.
+        buffers = {n: b.clone() for n, b in self.module.named_buffers()}
+        correct, n = 0, 0
+        for x, y in batches:
+            with self.trainer.autocast():
+                logits = functional_call(self.module, buffers, (x,))
+            correct += int((logits.argmax(1) == y).sum())
+            n += int(y.numel())
+        self.module.train(was_training)
+        return correct / max(n, 1)
+
+    def end_epoch(self, data: EpochData, arch_steps: bool) -> dict[str, Any]:
+        return {}
+
+    def derive(self, data: EpochData) -> Genotype:
+        """The best of ``candidates`` drawn cells on the epoch's first ``score_batches`` validation batches."""
+        batches = list(itertools.islice(data.batches(SCORE_STREAM, augment=False), self.score_batches))
+        gen = data.generator(CANDIDATE_STREAM)
+        best: tuple[float, tuple[int, ...]] | None = None
+        for i in range(self.candidates):
+            choices = self.propose(gen)
+            acc = self.accuracy(choices, batches)
+            if best is None or acc > best[0]:
+                best = (acc, choices)
+            if i % 10 == 0:
+                data.status(f"scoring cell {i + 1}/{self.candidates}")
+        assert best is not None
+        return self.use(best[1])  # the epoch's evaluation runs the chosen cell
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "cell_generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["cell_generator"])

@@ -1,0 +1,102 @@
+"""GDAS: one-hot Gumbel-max samples with a straight-through gradient, the temperature schedule,
+and a step that runs only the sampled op of each edge."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasrun import UserError
+from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.sampled_edges import SampledEdge
+from nasrun.search.samplers import GumbelMaxST, GumbelSoftmax, annealed
+from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space
+
+
+def test_gumbel_max_samples_are_one_hot_and_the_gradient_reaches_every_logit() -> None:
+    torch.manual_seed(0)
+    alpha = torch.randn(6, 5, requires_grad=True)
+    sampler = GumbelMaxST()
+    seen = set()
+    for _ in range(50):
+        w = sampler.sample({"normal": alpha})["normal"]
+        hard = w.detach()
+        assert ((hard == 0) | ((hard - 1).abs() < 1e-6)).all() and torch.allclose(hard.sum(1), torch.ones(6))
+        seen.update(hard.argmax(1).tolist())
+    assert seen == set(range(5))  # a sample, not the argmax: every op comes up
+    # Straight-through: a loss on the one-hot weights sends a gradient to every logit of the edge.
+    w = sampler.sample({"normal": alpha})["normal"]
+    (w * torch.arange(5.0)).sum().backward()
+    assert alpha.grad is not None and (alpha.grad != 0).all()
+    # Evaluation mode takes no noise: each edge's most likely op.
+    mode = sampler.mode({"normal": alpha.detach()})["normal"]
+    assert torch.equal(mode.argmax(1), alpha.detach().argmax(1)) and mode.sum() == 6
+
+
+def test_gumbel_softmax_is_a_relaxed_sample_that_sharpens_as_the_temperature_falls() -> None:
+    torch.manual_seed(0)
+    alpha = torch.zeros(200, 5)
+    sampler = GumbelSoftmax(tau_start=5.0, tau_end=0.05)
+    hot = sampler.sample({"t": alpha})["t"]
+    sampler.set_epoch(9, 10)
+    cold = sampler.sample({"t": alpha})["t"]
+    assert torch.allclose(hot.sum(1), torch.ones(200)) and (hot > 0).all()
+    assert cold.max(1).values.mean() > 0.95 > hot.max(1).values.mean()
+
+
+@pytest.mark.parametrize("schedule", ["linear", "exponential"])
+def test_temperature_schedule_hits_its_end_points(schedule: str) -> None:
+    taus = [annealed(10.0, 0.1, e, 5, schedule) for e in range(5)]
+    assert taus[0] == 10.0 and taus[-1] == 0.1
+    assert all(a > b for a, b in zip(taus, taus[1:], strict=False))
+    middle = 5.05 if schedule == "linear" else 1.0  # the mean of the values, or of their logarithms
+    assert math.isclose(taus[2], middle)
+    assert annealed(10.0, 0.1, 0, 1, schedule) == 10.0  # a one-epoch search keeps the start
+
+
+def test_the_search_anneals_by_epoch_and_records_the_temperature(tmp_path: Path) -> None:
+    space = tiny_space("nb201")
+    search = OneShotSearch(space, seed=1, epochs=3, batch_size=256, edge=SampledEdge, sampler=GumbelMaxST())
+    search.run(tiny_ctx(tmp_path, space))
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [h["tau"] for h in history] == [10.0, 5.05, 0.1]
+
+
+def test_temperatures_that_increase_are_one_line() -> None:
+    with pytest.raises(
+        UserError, match=r"search.sampler.tau_end=10.0: must not exceed search.sampler.tau_start=1.0"
+    ):
+        GumbelMaxST(tau_start=1.0, tau_end=10.0)
+    with pytest.raises(UserError, match="temperatures must be > 0"):
+        GumbelSoftmax(tau_start=1.0, tau_end=0.0)
+    with pytest.raises(UserError, match="search.sampler.schedule='cosine'"):
+        GumbelMaxST(schedule="cosine")
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "cifar_cell"])
+def test_a_gdas_step_runs_only_the_sampled_op_of_each_edge(space_name: str) -> None:
+    search = OneShotSearch(tiny_space(space_name), edge=SampledEdge, sampler=GumbelMaxST())
+    stepper = stepper_of(search)
+    alphas = [a.detach().clone() for a in stepper.alphas]
+    (xt, yt), (xv, yv) = batch(seed=0), batch(seed=1)
+    with count_op_calls(stepper.module) as (edge_calls, op_calls, _):
+        stepper.step(xt, yt, xv, yv)
+    # Two forward passes (architecture step, weight step): each edge runs at most one op in each.
+    assert set(edge_calls.values()) == {2}
+    assert all(op_calls[e] <= edge_calls[e] for e in edge_calls)
+    assert sum(op_calls.values()) > 0
+    # The architecture step moved the alphas through the straight-through gradient.
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(alphas, stepper.alphas, strict=True))
+
+
+def test_with_softmax_weights_the_same_edge_runs_every_op() -> None:
+    """The counting above is not vacuous: DARTS's dense weights make a ``SampledEdge`` run every op."""
+    search = OneShotSearch(tiny_space("nb201"), edge=SampledEdge)
+    stepper = stepper_of(search)
+    with count_op_calls(stepper.module) as (edge_calls, op_calls, _):
+        stepper.step(*batch(seed=0), *batch(seed=1))
+    assert all(op_calls[e] == 4 * edge_calls[e] for e in edge_calls)  # the 5 ops but `none`

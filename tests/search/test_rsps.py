@@ -1,0 +1,111 @@
+"""RSPS: uniform cells, weight steps that run only the sampled cell, derivation by sampling and scoring."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from nasrun import UserError
+from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.rsps import UniformSampling, uniform_choices
+from nasrun.search.sampled_edges import SampledEdge
+from nasrun.search.steppers import EpochData
+from nasrun.train.trainer import Trainer
+from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "cifar_cell"])
+def test_the_sampler_is_uniform(space_name: str) -> None:
+    sizes = tiny_space(space_name).decisions()
+    gen = torch.Generator().manual_seed(0)
+    draws = [uniform_choices(sizes, gen) for _ in range(6000)]
+    # Each decision, and the pair of the first two decisions, is uniform (chi-square, seeded).
+    for i, n in enumerate(sizes):
+        counts = Counter(d[i] for d in draws)
+        assert set(counts) == set(range(n))
+        assert chisquare([counts[k] for k in range(n)]).pvalue > 1e-3, (i, counts)
+    pairs = Counter((d[0], d[1]) for d in draws)
+    cells = list(itertools.product(range(sizes[0]), range(sizes[1])))
+    assert chisquare([pairs[c] for c in cells]).pvalue > 1e-3
+    # A biased sampler fails the same test: the test can fail.
+    biased = [min(d[0], d[1]) for d in draws]
+    assert chisquare([biased.count(k) for k in range(min(sizes[0], sizes[1]))]).pvalue < 1e-6
+
+
+def _rsps(space_name: str, **kwargs) -> OneShotSearch:
+    return OneShotSearch(tiny_space(space_name), edge=SampledEdge, update=UniformSampling(**kwargs))
+
+
+@pytest.mark.parametrize("space_name", ["nb201", "cifar_cell"])
+def test_an_rsps_step_runs_exactly_the_sampled_cells_ops(space_name: str) -> None:
+    stepper = stepper_of(_rsps(space_name))
+    net = stepper.module
+    with count_op_calls(net) as (edge_calls, op_calls, names):
+        stepper.step(*batch(seed=0), *batch(seed=1))
+    assert net.fixed is not None
+    # The cell the step ran, edge by edge (every cell of a type shares its weights).
+    per_cell = []
+    for kind in net.topology.cell_types:
+        for e, row in enumerate(net.fixed[kind]):
+            per_cell.append(
+                sorted(
+                    net.edge_ops[kind][e][k]
+                    for k in torch.nonzero(row).flatten().tolist()
+                    if net.edge_ops[kind][e][k] != "none"
+                )
+            )
+    ran = [sorted(names[e]) for e in range(len(names))]
+    if space_name == "nb201":  # 3 cells (one per stage), each ran the sampled cell's ops
+        assert ran == per_cell * 3
+    assert sum(op_calls.values()) == sum(len(r) for r in ran) <= sum(edge_calls.values())
+    assert not any(a.grad is not None and a.grad.abs().sum() > 0 for a in stepper.alphas)  # no arch update
+
+
+def test_derivation_keeps_the_best_scored_candidate_and_scoring_leaves_the_statistics(tmp_path: Path) -> None:
+    stepper = stepper_of(_rsps("nb201", candidates=20, score_batches=2))
+    ctx = tiny_ctx(tmp_path, tiny_space("nb201"))
+    assert ctx.data is not None
+    data = EpochData(
+        ctx.data.train, 16, Trainer(device="cpu"), seed=0, epoch=0, augment=None, status=lambda _: None
+    )
+    buffers = {n: b.clone() for n, b in stepper.module.named_buffers()}
+    real = stepper.accuracy(stepper.propose(torch.Generator().manual_seed(0)), list(data.batches(3)))
+    assert 0.0 <= real <= 1.0
+    assert all(torch.equal(b, buffers[n]) for n, b in stepper.module.named_buffers())
+    scored: list[tuple[int, ...]] = []
+
+    def score(choices: tuple[int, ...], batches: list) -> float:
+        assert len(batches) == 2
+        scored.append(choices)
+        return float(choices.count(3))  # a toy score: how many edges take nor_conv_3x3
+
+    stepper.accuracy = score  # type: ignore[method-assign]
+    genotype = stepper.derive(data)
+    assert len(scored) == 20
+    best = max(scored, key=lambda c: c.count(3))
+    assert stepper.space.encode(genotype) == list(best)
+    assert torch.equal(stepper.module.fixed["normal"], stepper.space.genotype_weights(genotype)["normal"])
+
+
+def test_an_rsps_search_derives_from_samples_on_both_spaces(tmp_path: Path) -> None:
+    for space_name in ("nb201", "cifar_cell"):
+        space = tiny_space(space_name)
+        search = OneShotSearch(
+            space, seed=1, epochs=1, batch_size=256, edge=SampledEdge, update=UniformSampling(3)
+        )
+        result = search.run(tiny_ctx(tmp_path / space_name, space))
+        space.validate(result.genotype)
+
+
+def test_bad_rsps_settings_are_one_line() -> None:
+    with pytest.raises(UserError, match=r"search.update.candidates=0: must be >= 1"):
+        UniformSampling(candidates=0)
+    with pytest.raises(UserError, match=r"search.update.score_batches=0: must be >= 1"):
+        UniformSampling(score_batches=0)
+    with pytest.raises(UserError, match=r"search.order=2: search=rsps takes no unrolled"):
+        OneShotSearch(tiny_space("nb201"), order=2, update=UniformSampling())

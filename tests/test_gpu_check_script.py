@@ -1,0 +1,40 @@
+"""``scripts/gpu_check.py`` (behind ``scripts/gpu_check.sh``) runs its benchmarks and prints one summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import load_script
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+
+
+def test_the_check_covers_the_papers_sizes_and_every_variant() -> None:
+    check = load_script(SCRIPT)
+    runs = dict(check._runs("cuda", smoke=False))
+    assert {f"{phase}_{v}" for phase in ("search", "retrain") for v, _ in check.VARIANTS} < set(runs)
+    search = runs["search_bf16_channels_last_compile"]
+    assert search[0] == "scripts/bench_search.py" and "--compile" in search and "bf16" in search
+    assert search[search.index("--channels") + 1] == "16" and search[search.index("--layers") + 1] == "8"
+    assert search[search.index("--batch-size") + 1] == "64"
+    train = runs["retrain_fp32"]
+    assert train[train.index("--channels") + 1] == "36" and train[train.index("--layers") + 1] == "20"
+    assert train[train.index("--batch-size") + 1] == "96"
+    pc = runs["pc_darts_search_bf16_channels_last"]
+    assert pc[pc.index("--search") + 1] == "pc_darts" and pc[pc.index("--batch-size") + 1] == "256"
+
+
+@pytest.mark.slow  # five benchmark processes: about 40 s
+def test_a_smoke_run_on_the_cpu_ends_with_a_summary_of_every_run(capsys: pytest.CaptureFixture[str]) -> None:
+    check = load_script(SCRIPT)
+    assert check.main(["--smoke", "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["device"] == "cpu" and len(summary["runs"]) == 5
+    for name, row in summary["runs"].items():
+        assert "error" not in row, (name, row)
+        assert row["images_per_sec"] > 0 and row["peak_memory_mb"] > 0
+    assert summary["runs"]["search_bf16_channels_last"]["channels_last"] is True
+    assert summary["runs"]["search_fp32"]["channels_last"] is False

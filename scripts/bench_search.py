@@ -12,12 +12,13 @@ phase repeats after each epoch. For performance work, not a test.
 
     python scripts/bench_search.py --search darts --channels 8 --layers 5 --batch-size 16 \
         --image-size 32 --steps 5 [--space nb201 --cells 2] [--order 2] [--device cuda] \
-        [--channels-last [auto|true|false]] [--amp bf16] [--compile]
+        [--channels-last [auto|true|false]] [--amp bf16] [--compile] [--edge-by-edge] [--native-depthwise]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -33,6 +34,7 @@ from nasrun.config.build import build
 from nasrun.data.synthetic import synthetic
 from nasrun.search.oneshot import OneShotSearch
 from nasrun.search.steppers import EpochData
+from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer
@@ -44,6 +46,7 @@ def _compose(overrides: list[str]) -> DictConfig:
         return compose(config_name="config", overrides=overrides)
 
 
+@functools.cache
 def one_shot_searches() -> list[str]:
     """The ``conf/search/`` options that run the one-shot engine."""
     names = sorted(p.stem for p in (config_dir() / "search").glob("*.yaml"))
@@ -84,9 +87,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--edge-by-edge", action="store_true", help="turn off the fused per-state path (for comparison)"
     )
+    p.add_argument(
+        "--native-depthwise",
+        action="store_true",
+        help="PyTorch's own backward for dilated depthwise convolutions (for comparison)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.native_depthwise:
+        depthwise.REWRITTEN_BACKWARD = False
 
     trainer = Trainer(
         device=args.device,
@@ -165,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 "amp": args.amp,
                 "compile": args.compile,
                 "fused": not args.edge_by_edge,
+                "rewritten_depthwise_backward": depthwise.REWRITTEN_BACKWARD,
                 "steps": args.steps,
                 "sec_per_step": round(sec, 4),
                 "sec_per_step_all": [round(t, 4) for t in times],

@@ -8,7 +8,7 @@ second, the implied seconds per CIFAR-10 epoch (50,000 images) and peak memory. 
 work, not a test.
 
     python scripts/bench_train.py --genotype darts_v2 --channels 36 --layers 20 --batch-size 96 \
-        [--device cuda] [--amp bf16] [--channels-last [auto|true|false]] [--compile]
+        [--device cuda] [--amp bf16] [--channels-last [auto|true|false]] [--compile] [--native-depthwise]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from nasrun import UserError
 from nasrun.data.synthetic import synthetic
 from nasrun.pipeline import named_genotype
+from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.trainer import Trainer
 
@@ -54,9 +55,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--amp", choices=["none", "bf16"], default="none")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--native-depthwise",
+        action="store_true",
+        help="PyTorch's own backward for dilated depthwise convolutions (for comparison)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.native_depthwise:
+        depthwise.REWRITTEN_BACKWARD = False
 
     torch.manual_seed(0)
     trainer = Trainer(
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> None:
                 "channels_last": trainer.channels_last,
                 "amp": args.amp,
                 "compile": args.compile,
+                "rewritten_depthwise_backward": depthwise.REWRITTEN_BACKWARD,
                 "params": sum(p.numel() for p in module.parameters()),
                 "warmup_s": round(warmup_s, 2),
                 "sec_per_step": round(sec, 5),

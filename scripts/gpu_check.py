@@ -11,13 +11,16 @@ Run first whenever a GPU is available (``scripts/gpu_check.sh``; under 8 minutes
 
 The last line printed is the summary: the device's name, the tests' outcome and, per run, images
 per second and peak memory (or the error). ``--smoke`` runs tiny sizes on any device and skips the
-tests, to check the script itself.
+tests, to check the script itself. ``--dry-run`` runs nothing: it prints the commands and checks
+that every script, Make target and flag they name exists (exit 1 naming what is missing).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -80,12 +83,49 @@ def _last_json(text: str) -> dict | None:
     return None
 
 
+def _dry_run(runs: list[tuple[str, list[str]]]) -> int:
+    """Print the check's commands; exit status 1 if a script, Make target or flag they name is missing."""
+    missing = []
+    makefile = (ROOT / "Makefile").read_text()
+    print("make test-gpu")
+    if not re.search(r"^test-gpu:", makefile, re.MULTILINE):
+        missing.append("Makefile target test-gpu")
+    helps: dict[str, str] = {}
+    for name, cmd in runs:
+        print(shlex.join(["python", *cmd]), f"  # {name}")
+        script, args = cmd[0], cmd[1:]
+        if not (ROOT / script).is_file():
+            missing.append(script)
+            continue
+        if script not in helps:
+            done = subprocess.run([PY, script, "--help"], cwd=ROOT, capture_output=True, text=True)
+            helps[script] = done.stdout if done.returncode == 0 else ""
+        options = set(re.findall(r"--[a-z][a-z0-9-]*", helps[script]))
+        for i, arg in enumerate(args):
+            if arg.startswith("--") and arg not in options:
+                missing.append(f"{script} {arg}")
+            # a value from a fixed set ({a,b,c} in the help) must be one of them
+            choices = (
+                re.search(re.escape(arg) + r" \[?\{([^}]*)\}", helps[script])
+                if arg.startswith("--")
+                else None
+            )
+            if choices and i + 1 < len(args) and args[i + 1] not in choices.group(1).split(","):
+                missing.append(f"{script} {arg} {args[i + 1]}")
+    for what in dict.fromkeys(missing):
+        print(f"gpu_check: missing: {what}")
+    return 1 if missing else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, no tests: checks the script")
     p.add_argument("--timeout", type=float, default=150.0, help="seconds per benchmark run")
+    p.add_argument("--dry-run", action="store_true", help="print the commands and check what they name")
     args = p.parse_args(argv)
+    if args.dry_run:
+        return _dry_run(_runs(args.device, args.smoke))
     summary: dict = {"device": args.device}
     try:
         import torch

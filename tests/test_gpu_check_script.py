@@ -38,3 +38,30 @@ def test_a_smoke_run_on_the_cpu_ends_with_a_summary_of_every_run(capsys: pytest.
         assert row["images_per_sec"] > 0 and row["peak_memory_mb"] > 0
     assert summary["runs"]["search_bf16_channels_last"]["channels_last"] is True
     assert summary["runs"]["search_fp32"]["channels_last"] is False
+
+
+def test_a_dry_run_prints_every_command_and_finds_what_each_names(capsys: pytest.CaptureFixture[str]) -> None:
+    check = load_script(SCRIPT)
+    assert check.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "make test-gpu"
+    assert len(out) == 1 + len(check._runs("cuda", smoke=False))
+    assert not [line for line in out if "missing" in line]
+
+
+def test_a_dry_run_names_a_missing_flag_script_or_choice(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check = load_script(SCRIPT)
+    runs = [
+        ("a", ["scripts/bench_search.py", "--no-such-flag", "1"]),
+        ("b", ["scripts/bench_search.py", "--amp", "fp8", "--channels-last", "sideways"]),
+        ("c", ["scripts/no_such_script.py", "--x"]),
+    ]
+    monkeypatch.setattr(check, "_runs", lambda device, smoke: runs)
+    assert check.main(["--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "missing: scripts/bench_search.py --no-such-flag" in out
+    assert "missing: scripts/bench_search.py --amp fp8" in out
+    assert "missing: scripts/bench_search.py --channels-last sideways" in out
+    assert "missing: scripts/no_such_script.py" in out

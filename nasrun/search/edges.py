@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasrun import UserError
+from nasrun.space.depthwise import depthwise_conv2d
 from nasrun.space.ops import FactorizedReduce, make_op
 
 
@@ -109,6 +110,13 @@ class DenseEdge(nn.Module):
             for op, j, name in zip(e.ops, e.index, e.names, strict=True):
                 members.setdefault(name, []).append((i, op, j))
         stride = edges[0].stride
+        repeated: dict[int, torch.Tensor] = {}  # the ReLU'd input repeated m times, shared by the conv ops
+
+        def repeat(m: int) -> torch.Tensor:
+            if m not in repeated:
+                repeated[m] = _repeat(xr, m)
+            return repeated[m]
+
         acc: torch.Tensor | None = None  # [B, k, C, H', W']
         for name, group in members.items():
             who = [i for i, _, _ in group]
@@ -124,7 +132,7 @@ class DenseEdge(nn.Module):
                 if rate > 0 and edges[0].training:
                     h = F.dropout(h.expand(-1, m, -1, -1, -1), rate, True)  # a mask per edge
             elif name.startswith(("sep_conv", "dil_conv", "nor_conv")):
-                out = _stacked_op(name, xr, mods)
+                out = _stacked_op(name, repeat(m), mods)
                 h = out.view(out.shape[0], m, out.shape[1] // m, *out.shape[2:])
             elif name == "skip_connect" and all(isinstance(op, FactorizedReduce) for op in mods):
                 h = _stacked_factorized_reduce(xr, mods)  # type: ignore[arg-type]
@@ -260,13 +268,14 @@ def _stacked_dilconv(x: torch.Tensor, blocks: Sequence[Sequence[nn.Module]], k: 
     assert isinstance(dw0, nn.Conv2d)
     dw = torch.cat([b[0].weight for b in blocks])  # type: ignore[misc]  # [k*C, 1, kh, kw]
     pw = torch.cat([b[1].weight for b in blocks])  # type: ignore[misc]  # [k*C_out, C, 1, 1]
-    h = F.conv2d(x, dw, None, dw0.stride, dw0.padding, dw0.dilation, groups=x.shape[1])
+    h = depthwise_conv2d(x, dw, dw0.stride, dw0.padding, dw0.dilation)  # type: ignore[arg-type]
     h = F.conv2d(h, pw, None, 1, 0, 1, groups=k)
     return _stacked_bn(h, [b[2] for b in blocks])  # type: ignore[misc]
 
 
-def _stacked_op(name: str, xr: torch.Tensor, ops: Sequence[nn.Module]) -> torch.Tensor:
-    """``len(ops)`` edges' op ``name`` on the ReLU'd input: ``[B, k*C, H', W']``, edge-major channels.
+def _stacked_op(name: str, xk: torch.Tensor, ops: Sequence[nn.Module]) -> torch.Tensor:
+    """``k = len(ops)`` edges' op ``name`` on the ReLU'd input repeated k times (``_repeat``):
+    ``[B, k*C, H', W']``, edge-major channels.
 
     The ops are the edges' modules with their leading ReLU stripped: a nor_conv is (conv, BN); a
     dil_conv is (depthwise, pointwise, BN); a sep_conv is that block followed by a whole DilConv
@@ -277,12 +286,12 @@ def _stacked_op(name: str, xr: torch.Tensor, ops: Sequence[nn.Module]) -> torch.
         conv0 = ops[0][0]  # type: ignore[index]
         assert isinstance(conv0, nn.Conv2d)
         weight = torch.cat([op[0].weight for op in ops])  # type: ignore[index]
-        h = F.conv2d(_repeat(xr, k), weight, None, conv0.stride, conv0.padding, conv0.dilation, groups=k)
+        h = F.conv2d(xk, weight, None, conv0.stride, conv0.padding, conv0.dilation, groups=k)
         return _stacked_bn(h, [op[1] for op in ops])  # type: ignore[index]
     if name.startswith("dil_conv"):
-        return _stacked_dilconv(_repeat(xr, k), [list(op.children()) for op in ops], k)
+        return _stacked_dilconv(xk, [list(op.children()) for op in ops], k)
     first = [list(op[0].children()) for op in ops]  # type: ignore[index]
-    h = _stacked_dilconv(_repeat(xr, k), first, k)
+    h = _stacked_dilconv(xk, first, k)
     second = [list(op[1].children())[1:] for op in ops]  # type: ignore[index]
     return _stacked_dilconv(F.relu(h), second, k)
 
@@ -299,11 +308,11 @@ def _stacked_factorized_reduce(xr: torch.Tensor, ops: Sequence[FactorizedReduce]
 
 
 def _repeat(x: torch.Tensor, k: int) -> torch.Tensor:
-    """``x`` ``[B, C, H, W]`` -> ``[B, k*C, H, W]`` (k copies), in ``x``'s memory format."""
+    """``x`` ``[B, C, H, W]`` -> ``[B, k*C, H, W]`` (k copies, edge-major), in ``x``'s memory format, one copy."""
     if k == 1:
         return x
-    fmt = (
-        torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1 else None
-    )
-    out = x.repeat(1, k, 1, 1)
-    return out.contiguous(memory_format=fmt) if fmt is not None else out
+    B, C, H, W = x.shape
+    if C > 1 and x.stride(1) == 1:  # channels innermost (NHWC, or a channel slice of it)
+        nhwc = x.permute(0, 2, 3, 1).unsqueeze(3).expand(B, H, W, k, C)
+        return nhwc.reshape(B, H, W, k * C).permute(0, 3, 1, 2)
+    return x.repeat(1, k, 1, 1)

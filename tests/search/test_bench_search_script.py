@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,8 +13,15 @@ from tests.conftest import load_script
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_search.py"
 
 
-def test_every_one_shot_method_is_offered_and_times_a_step(capsys: pytest.CaptureFixture[str]) -> None:
-    bench = load_script(SCRIPT)
+@pytest.fixture(scope="module")
+def bench() -> Any:
+    """The script, loaded once: its list of one-shot methods composes every search config."""
+    return load_script(SCRIPT)
+
+
+def test_every_one_shot_method_is_offered_and_times_a_step(
+    bench: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     methods = bench.one_shot_searches()
     assert {"darts", "darts_2nd", "pc_darts", "darts_plus", "p_darts"} <= set(methods)
     assert {"gdas", "snas", "rsps", "enas"} <= set(methods)
@@ -31,9 +39,8 @@ def test_every_one_shot_method_is_offered_and_times_a_step(capsys: pytest.Captur
 
 @pytest.mark.parametrize("method", ["darts", "gdas", "snas", "rsps", "enas"])
 def test_the_sampling_methods_time_a_step_on_the_nb201_supernet(
-    capsys: pytest.CaptureFixture[str], method: str
+    bench: Any, capsys: pytest.CaptureFixture[str], method: str
 ) -> None:
-    bench = load_script(SCRIPT)
     bench.main(
         ["--search", method, "--space", "nb201", "--channels", "4", "--cells", "1", "--batch-size", "4"]
         + ["--image-size", "8", "--steps", "1", "--warmup", "0"]

@@ -11,7 +11,8 @@ approximates the Hessian-vector product by central finite differences (Eq. 7-8 o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -20,6 +21,22 @@ from torch.func import functional_call
 
 from nasrun.train.runtime import NonFiniteLossError, cross_entropy
 from nasrun.train.trainer import Trainer
+
+
+@contextlib.contextmanager
+def buffers_restored(module: nn.Module) -> Iterator[None]:
+    """Put ``module``'s buffers (BatchNorm running statistics) back as they were on leaving the block.
+
+    For training-mode passes that must not count as training: one copy of every buffer on entry,
+    one multi-tensor copy back on exit (also when the block raises).
+    """
+    buffers = list(module.buffers())
+    saved = [b.clone() for b in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            torch._foreach_copy_(buffers, saved)
 
 
 class DartsStepper:
@@ -164,13 +181,8 @@ class DartsStepper:
         # The four extra passes run in training mode, which normalises with the batch's own
         # statistics: the running statistics they record change no output and are put back after,
         # so the ordinary steps alone set them (one copy of all buffers, not one per pass).
-        buffers = list(self.module.buffers())
-        saved = [b.clone() for b in buffers]
-        try:
+        with buffers_restored(self.module):
             return self._unrolled_arch_grad(x_train, y_train, x_val, y_val)
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_(buffers, saved)
 
     def _unrolled_arch_grad(
         self, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor, y_val: torch.Tensor

@@ -110,13 +110,7 @@ class DenseEdge(nn.Module):
             for op, j, name in zip(e.ops, e.index, e.names, strict=True):
                 members.setdefault(name, []).append((i, op, j))
         stride = edges[0].stride
-        repeated: dict[int, torch.Tensor] = {}  # the ReLU'd input repeated m times, shared by the conv ops
-
-        def repeat(m: int) -> torch.Tensor:
-            if m not in repeated:
-                repeated[m] = _repeat(xr, m)
-            return repeated[m]
-
+        repeated: dict[int, torch.Tensor] = {}  # m -> the ReLU'd input repeated m times, for the conv ops
         acc: torch.Tensor | None = None  # [B, k, C, H', W']
         for name, group in members.items():
             who = [i for i, _, _ in group]
@@ -132,7 +126,9 @@ class DenseEdge(nn.Module):
                 if rate > 0 and edges[0].training:
                     h = F.dropout(h.expand(-1, m, -1, -1, -1), rate, True)  # a mask per edge
             elif name.startswith(("sep_conv", "dil_conv", "nor_conv")):
-                out = _stacked_op(name, repeat(m), mods)
+                if m not in repeated:
+                    repeated[m] = _repeat(xr, m)
+                out = _stacked_op(name, repeated[m], mods)
                 h = out.view(out.shape[0], m, out.shape[1] // m, *out.shape[2:])
             elif name == "skip_connect" and all(isinstance(op, FactorizedReduce) for op in mods):
                 h = _stacked_factorized_reduce(xr, mods)  # type: ignore[arg-type]

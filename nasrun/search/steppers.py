@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-from torch.func import functional_call
 
 from nasrun import UserError
 from nasrun.data.base import TensorSplit
-from nasrun.search.darts import DartsStepper
+from nasrun.search.darts import DartsStepper, buffers_restored
 from nasrun.space.base import SampledSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.runtime import epoch_generator
@@ -203,15 +202,14 @@ class CellSamplingStepper(DartsStepper):
         """The fraction of ``batches`` that ``choices``'s cell classifies right with the shared weights."""
         self.use(choices)
         was_training = self.module.training
-        self.module.train()
-        # Copies of the buffers: BatchNorm uses the batch's statistics without updating its own.
-        buffers = {n: b.clone() for n, b in self.module.named_buffers()}
+        self.module.train()  # BatchNorm uses the batch's statistics; its own are put back after
         correct, n = 0, 0
-        for x, y in batches:
-            with self.trainer.autocast():
-                logits = functional_call(self.module, buffers, (x,))
-            correct += int((logits.argmax(1) == y).sum())
-            n += int(y.numel())
+        with buffers_restored(self.module):
+            for x, y in batches:
+                with self.trainer.autocast():
+                    logits = self.model(x)
+                correct += int((logits.argmax(1) == y).sum())
+                n += int(y.numel())
         self.module.train(was_training)
         return correct / max(n, 1)
 

@@ -22,8 +22,12 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     was_training = model.training
     model.eval()
-    param = next(model.parameters())
-    x = torch.zeros(input_shape, device=param.device, dtype=param.dtype)
+    param = next(model.parameters(), None)  # a parameter-free module (pooling) runs on the CPU
+    x = (
+        torch.zeros(input_shape)
+        if param is None
+        else torch.zeros(input_shape, device=param.device, dtype=param.dtype)
+    )
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model(x)

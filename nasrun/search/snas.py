@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from nasrun import UserError
+from nasrun.report.results import count_flops, count_params
 from nasrun.search.darts import DartsStepper
 from nasrun.space.ops import make_op
 from nasrun.train.runtime import NonFiniteLossError
@@ -45,11 +45,8 @@ def op_cost(name: str, cost: str, channels: int = 16, size: int = 8) -> float:
     """
     op = make_op(name, channels, 1, affine=False)
     if cost == "params":
-        return float(sum(p.numel() for p in op.parameters()))
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        op.eval()(torch.zeros(1, channels, size, size))
-    return float(counter.get_total_flops())
+        return float(count_params(op))
+    return float(count_flops(op, (1, channels, size, size)))
 
 
 def op_costs(edge_ops: dict[str, list[list[str]]], cost: str) -> dict[str, torch.Tensor]:

@@ -123,8 +123,22 @@ class HistoryLog:
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
-    """The records of a history file written by ``HistoryLog``, in order."""
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of a history file written by ``HistoryLog`` (any JSON-lines file), in order.
+
+    ``[]`` if the file is missing; a line that is not a JSON object (the end of a line still being
+    appended by a running job) is skipped.
+    """
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nasrun.report.plots import save_png
 from nasrun.run_folder import atomic_write, write_text_atomic
 from nasrun.space.genotype import Genotype, edges_by_node
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 #: Node id of the cell output in a ``CellGraph``.
 OUTPUT = -1
@@ -334,12 +334,7 @@ def _plot_with_matplotlib(genotype: Genotype, graphs: Sequence[CellGraph], path:
         fig.text(0.02, (top + 0.08) / total_h, lay.name, fontsize=11, fontweight="bold", va="bottom")
         top -= h
     fig.suptitle(title, fontsize=12, y=0.995)
-    return _save(fig, path)
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as PNG atomically (``nasrun.run_folder.atomic_write``)."""
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    return save_png(fig, path)
 
 
 def _op_colours(ops: Sequence[str]) -> dict[str, str]:

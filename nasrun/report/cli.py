@@ -13,6 +13,7 @@ exit status 2.
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -177,9 +178,7 @@ def mean_std(values: Sequence[float | None]) -> str:
 
 
 def _trial_counts(folder: Folder) -> str:
-    counts: dict[str, int] = {}
-    for t in folder.trials:
-        counts[t.state.value.lower()] = counts.get(t.state.value.lower(), 0) + 1
+    counts = collections.Counter(t.state.value.lower() for t in folder.trials)
     listed = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
     return f"trials in the store ({folder.direction}): {listed}"
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nasrun import UserError
 from nasrun.bo.store import Trial, TrialStore
+from nasrun.run_folder import read_history
 
 #: Run status without a trial store: the run wrote ``result.json`` (done) or has not (incomplete:
 #: still running, or stopped before its end). With a store, a trial's state names the status.
@@ -152,7 +153,7 @@ def read_run(path: Path, name: str | None = None) -> Run:
         job=_job_number(path) if name is not None else None,
         overrides=read_overrides(path),
         result=result if isinstance(result, dict) else None,
-        history=read_jsonl(path / "history.jsonl"),
+        history=read_history(path / "history.jsonl"),
         status=DONE if isinstance(result, dict) else INCOMPLETE,
     )
 
@@ -172,24 +173,6 @@ def read_overrides(path: Path) -> dict[str, str]:
         key, _, value = str(line).partition("=")
         out[key.lstrip("+~")] = value
     return out
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; ``[]`` if it is missing.
-
-    A line that is not JSON (the end of a line still being appended) is skipped.
-    """
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def _read_json(path: Path) -> Any:

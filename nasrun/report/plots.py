@@ -124,7 +124,7 @@ def plot_convergence(
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_trials(
@@ -300,14 +300,14 @@ def plot_arch_weights(
     assert image is not None
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8, label="op weight (softmax)")
     fig.suptitle(f"architecture weights, {cell_type} cell", fontsize=12)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # --------------------------------------------------------------------------------------------
 # helpers
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
     """Write the figure as PNG atomically (``nasrun.run_folder.atomic_write``)."""
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 

@@ -18,7 +18,6 @@ def test_count_flops_matches_a_hand_count() -> None:
     )
     conv_macs = (4 * 4 * 4) * (3 * 3 * 3)  # every output value: a 3x3 window over 3 channels
     linear_macs = 64 * 5
-    assert conv_macs == 1728 and linear_macs == 320
     assert count_flops(net, (1, 3, 8, 8)) == 2 * (conv_macs + linear_macs) == 4096
     # Per forward pass of the given input: a batch of two is twice the work.
     assert count_flops(net, (2, 3, 8, 8)) == 2 * 4096

@@ -37,7 +37,7 @@ from nasrun.search.steppers import EpochData
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space
-from nasrun.train.trainer import Trainer
+from nasrun.train.bench_args import add_runtime_args, trainer_from_args
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -72,38 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compile, allocator)")
     p.add_argument("--order", type=int, choices=[1, 2], default=None, help="default: the method's")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--channels-last",
-        nargs="?",
-        const="true",
-        default="auto",
-        choices=["auto", "true", "false"],
-        help="NHWC memory format (bare flag: true; default: the trainer's auto)",
-    )
-    p.add_argument("--amp", choices=["none", "bf16"], default="none")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_runtime_args(p)
     p.add_argument(
         "--edge-by-edge", action="store_true", help="turn off the fused per-state path (for comparison)"
     )
-    p.add_argument(
-        "--native-depthwise",
-        action="store_true",
-        help="PyTorch's own backward for dilated depthwise convolutions (for comparison)",
-    )
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.native_depthwise:
-        depthwise.REWRITTEN_BACKWARD = False
+    trainer = trainer_from_args(args)
 
-    trainer = Trainer(
-        device=args.device,
-        amp=args.amp,
-        channels_last={"true": True, "false": False}.get(args.channels_last, "auto"),
-        compile=args.compile,
-    )
     space = (
         CifarCellSpace(layers=args.layers, channels=args.channels, nodes=args.nodes)
         if args.space == "cifar_cell"

@@ -27,7 +27,7 @@ from nasrun.data.synthetic import synthetic
 from nasrun.pipeline import named_genotype
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.train.trainer import Trainer
+from nasrun.train.bench_args import add_runtime_args, trainer_from_args
 
 CIFAR_TRAIN_IMAGES = 50_000
 
@@ -43,36 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=20, help="steps per timed window")
     p.add_argument("--repeats", type=int, default=3, help="timed windows (the median is reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator)")
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--channels-last",
-        nargs="?",
-        const="true",
-        default="auto",
-        choices=["auto", "true", "false"],
-        help="NHWC memory format (bare flag: true; default: the trainer's auto)",
-    )
-    p.add_argument("--amp", choices=["none", "bf16"], default="none")
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument(
-        "--native-depthwise",
-        action="store_true",
-        help="PyTorch's own backward for dilated depthwise convolutions (for comparison)",
-    )
+    add_runtime_args(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.native_depthwise:
-        depthwise.REWRITTEN_BACKWARD = False
+    trainer = trainer_from_args(args)
 
     torch.manual_seed(0)
-    trainer = Trainer(
-        device=args.device,
-        amp=args.amp,
-        channels_last={"true": True, "false": False}.get(args.channels_last, "auto"),
-        compile=args.compile,
-    )
     space = CifarCellSpace(layers=args.layers, channels=args.channels)
     try:
         genotype = named_genotype(args.genotype)

@@ -192,16 +192,17 @@ class BoTorchSweeperImpl:
         try:
             with (
                 _Heartbeat(store, owner, self.conf.heartbeat_timeout / 4),
-                _report.progress(n_trials, done=self._n_ended(store)) as advance,
+                _report.progress(n_trials, done=_n_ended(store.trials())) as advance,
             ):
                 while True:
                     batch = self._claim(bo, store, owner, q)
                     if not batch:
-                        if not any(t.state in OPEN for t in store.trials()):
+                        trials = store.trials()
+                        if not any(t.state in OPEN for t in trials):
                             break
                         # Other workers' trials are still open: wait, and take over any of them
                         # whose worker dies (``claim`` re-queues those).
-                        advance(self._n_ended(store), bo.best())
+                        advance(_n_ended(trials), bo.best())
                         time.sleep(min(1.0, self.conf.heartbeat_timeout / 4))
                         continue
                     fresh = [t for t in batch if not t.proposed]
@@ -214,7 +215,7 @@ class BoTorchSweeperImpl:
                     )
                     for trial, ret in zip(batch, returns, strict=True):
                         self._tell(bo, trial, ret)
-                    advance(self._n_ended(store), bo.best())
+                    advance(_n_ended(store.trials()), bo.best())
                     self._check_failures(bo, space)
         finally:
             store.release(owner)  # trials this worker claimed but did not finish: to the others
@@ -225,10 +226,6 @@ class BoTorchSweeperImpl:
                 self.sweep_dir, space, trials, bo.best(), self.settings.direction, self.max_epochs
             )
         return trials
-
-    @staticmethod
-    def _n_ended(store: TrialStore) -> int:
-        return sum(t.state in ENDED for t in store.trials())
 
     def _claim(self, bo: BayesOpt, store: TrialStore, owner: str, q: int) -> list[Trial]:
         """Up to ``q`` trials to launch now; re-queued trials whose job had returned are recorded."""
@@ -398,3 +395,7 @@ def _as_float(value: Any) -> float | None:
             return None  # more than one element
         return None if callable(getattr(inner, "item", None)) else _as_float(inner)
     return None
+
+
+def _n_ended(trials: list[Trial]) -> int:
+    return sum(t.state in ENDED for t in trials)

@@ -114,8 +114,9 @@ def write_results(
     """
     sweep_dir.mkdir(parents=True, exist_ok=True)
     console = get_console()
-    console.print(table(trials, best, space.names))
-    text = _plain(table(trials, best, space.names))
+    summary = table(trials, best, space.names)
+    console.print(summary)
+    text = _plain(summary)
     write_text_atomic(sweep_dir / "trials.txt", text)
     results: dict[str, Any] = {
         "name": "botorch",

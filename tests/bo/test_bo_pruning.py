@@ -10,6 +10,7 @@ import torch
 
 from nasrun.bo import BOSettings, Direction, TrialState, TrialStore, parse_overrides
 from nasrun.bo import engine as engine_module
+from nasrun.bo._model import censored_mean
 from nasrun.bo.engine import BayesOpt
 from nasrun.bo.pruners import Pruner, PrunerKind
 from nasrun.bo.reporting import HistorySink, TrialPruned, TrialReporter, task_epochs
@@ -132,5 +133,25 @@ def test_a_pruned_trial_enters_the_model_below_the_completed_median(monkeypatch:
     bo.ask()
     X, Y = fits[-1]  # the model behind the proposal
     assert X.shape == (5, 1) and float(X[-1, 0]) == 0.5
-    assert float(Y[-1, 0]) <= 2.5  # the median of 1, 2, 3, 4
+    assert float(Y[-1, 0]) < 2.5  # below the median of 1, 2, 3, 4: a mean truncated there
     assert store.get(pruned.id).state is TrialState.PRUNED and bo.best().value == 4.0
+
+
+def test_censored_mean_is_the_mean_of_the_normal_truncated_above() -> None:
+    from scipy.stats import truncnorm
+
+    mu = torch.tensor([[0.0], [1.0], [3.0], [-40.0]], dtype=torch.float64)
+    var = torch.tensor([[1.0], [4.0], [0.25], [1.0]], dtype=torch.float64)
+
+    class Posterior:
+        mean, variance = mu, var
+
+    class Model:
+        def posterior(self, X: torch.Tensor) -> Posterior:
+            return Posterior()
+
+    got = censored_mean(Model(), torch.zeros(4, 1), upper=1.5)  # type: ignore[arg-type]
+    for m, v, g in zip(mu.flatten().tolist(), var.flatten().tolist(), got.tolist(), strict=True):
+        s = v**0.5
+        want = truncnorm.mean(-float("inf"), (1.5 - m) / s, loc=m, scale=s)
+        assert abs(g - want) < 1e-9, (m, v, g, want)

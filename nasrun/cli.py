@@ -114,8 +114,8 @@ def _interrupted(run_dir: Path) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def task(cfg: DictConfig) -> float:
-    """Run one nasrun job; return its objective (validation accuracy, %) for sweepers."""
+def task(cfg: DictConfig) -> dict[str, float]:
+    """Run one nasrun job; return its numeric results, of which a sweeper picks its objective."""
     from nasrun import pipeline  # imported here so that `nasrun --help` stays fast
 
     hc = HydraConfig.get()

@@ -76,8 +76,15 @@ def named_genotype(name: str) -> Genotype:
     return genotype
 
 
-def run(cfg: DictConfig, run_dir: Path) -> float:
-    """Run the task described by ``cfg`` in ``run_dir``; return the objective (validation accuracy, %).
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+    """Run the task described by ``cfg`` in ``run_dir``; return its numeric results.
+
+    Returns:
+        The numbers of ``result.json`` by name (``val_acc``, ``test_acc``, ``search_val_acc``,
+        ``params``, ...). A sweep optimises the one named by its objective key
+        (``hydra.sweeper.objective``, default ``val_acc``); a key the run did not measure (e.g.
+        ``val_acc`` after retraining without a validation split) is absent, never replaced by
+        another metric.
 
     Raises:
         UserError: for anything wrong in the config or the files it names.
@@ -133,7 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     # to the sweep's trial store, whose pruner may stop the run there (TrialPruned).
     epochs = task_epochs(cfg)
     reporter = current_reporter(max_epochs=epochs[1] if epochs else None)
-    report = [reporter.sink("val_acc", "epoch")] if reporter is not None else []
+    report = [reporter.sink(step_key="epoch")] if reporter is not None else []
     # Images are loaded only when something asks for them: a tabular benchmark run never does.
     ctx = SearchContext(
         space=space,
@@ -166,7 +173,6 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
     _draw(genotype, run_dir)
 
     # -- retrain --------------------------------------------------------------------------------
-    objective = result.get("search_val_acc")
     if retrain:
         data = ctx.data
         assert data is not None and trainer is not None
@@ -197,26 +203,32 @@ def run(cfg: DictConfig, run_dir: Path) -> float:
         timings["retrain_s"] = time.perf_counter() - t0
         result.update(
             {
+                # None without a validation split: the retrained network was never validated.
                 "val_acc": metrics.get("val_acc"),
                 "test_acc": metrics["test_acc"],
                 "train_acc": metrics["train_acc"],
                 "epochs": metrics["epochs"],
             }
         )
-        objective = metrics.get("val_acc", objective)
     else:
-        # No retraining: the search's own numbers are the result (tabular benchmarks).
+        # No retraining: the search is the run's last phase, and its numbers are the run's
+        # (tabular benchmarks report the chosen cell's table entries).
         result["val_acc"] = result.get("search_val_acc")
         result["test_acc"] = result.get("search_test_acc")
     result["wall_s"] = timings
     write_json_atomic(run_dir / "result.json", result)
     print_summary(result)
     console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
-    if objective is None:
-        raise UserError(
-            "no validation accuracy to return: set data.val_portion > 0 for a retrain-only run's objective"
-        )
-    return float(objective)
+    return numeric_results(result)
+
+
+def numeric_results(result: dict[str, Any]) -> dict[str, float]:
+    """The entries of ``result`` that are numbers (a sweep's candidate objectives), as floats."""
+    return {
+        key: float(value)
+        for key, value in result.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
 
 
 def _shorten_retrain_hint(cfg: DictConfig, net_cfg: dict[str, Any]) -> str:

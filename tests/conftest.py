@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from nasrun import UserError
 from nasrun.config import config_dir, register_configs
 
 # Tiny networks run faster on one thread, and results are then bit-identical across runs.
@@ -67,3 +71,20 @@ def load_script(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def enter_sweep(runner: Any) -> None:
+    """Run an in-process sweep (Hydra's ``hydra_sweep_runner``) and keep its folder.
+
+    A sweep that ends on a user mistake (the sweeper's contract: exit status 2 and one line
+    ``nasrun: error: ...`` on stderr) raises ``UserError`` with that line. Failed jobs before it
+    are logged by Hydra on lines of their own.
+    """
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            runner.__enter__()  # no __exit__: it would delete the sweep folder we inspect
+    except SystemExit as e:
+        last = err.getvalue().rstrip("\n").splitlines()[-1]
+        assert e.code == 2 and last.startswith("nasrun: error: "), err.getvalue()
+        raise UserError(last.removeprefix("nasrun: error: ")) from None

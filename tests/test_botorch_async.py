@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import io
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from omegaconf import OmegaConf
 
 from nasrun import UserError
 from nasrun.bo import prepare_sweeper_args
+from tests.conftest import enter_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "tests" / "bo" / "app" / "curves_app.py"
@@ -92,14 +92,7 @@ def sweep(hydra_sweep_runner: Callable[..., Any], tmp_path: Path) -> Callable[..
             overrides=prepare_sweeper_args(list(overrides)),
             temp_dir=sweep_dir,
         )
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                runner.__enter__()  # no __exit__: it would delete the sweep folder we inspect
-        except SystemExit as e:
-            last = err.getvalue().rstrip("\n").splitlines()[-1]
-            assert e.code == 2 and last.startswith("nasrun: error: "), err.getvalue()
-            raise UserError(last.removeprefix("nasrun: error: ")) from None
+        enter_sweep(runner)
         return sweep_dir
 
     return _sweep
@@ -174,7 +167,6 @@ def test_bad_input_is_one_line_and_writes_no_store(
 
 
 def test_unknown_pruner_is_one_line_from_nasrun(tmp_path: Path) -> None:
-    pytest.importorskip("nasrun.cli")
     out = subprocess.run(
         [
             sys.executable,
@@ -359,7 +351,6 @@ def test_two_workers_on_postgresql(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # three tiny retrainings of a DARTS cell on digits: a minute or two
 def test_nasrun_runs_report_retraining_epochs_and_are_pruned(tmp_path: Path) -> None:
-    pytest.importorskip("nasrun.cli")
     out = subprocess.run(
         [
             sys.executable,

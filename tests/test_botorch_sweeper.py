@@ -6,9 +6,7 @@ app as a real process (SIGKILL must hit a real sweeper).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
 import json
 import math
 import os
@@ -32,6 +30,7 @@ from hydra_plugins.nasrun_botorch_sweeper.botorch_sweeper import BoTorchSweeper
 from nasrun import UserError
 from nasrun.bo import engine, prepare_sweeper_args
 from nasrun.bo.engine import BayesOpt
+from tests.conftest import enter_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "tests" / "bo" / "app" / "branin_app.py"
@@ -95,16 +94,7 @@ def sweep(hydra_sweep_runner: Callable[..., Any], tmp_path: Path) -> Callable[..
             overrides=prepare_sweeper_args([f"calls_file={calls}", *overrides]),
             temp_dir=sweep_dir,
         )
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err):
-                runner.__enter__()  # no __exit__: it would delete the sweep folder we inspect
-        except SystemExit as e:
-            # The sweeper's contract for user mistakes: exit status 2 and one line on stderr.
-            # (Failed jobs before it are logged by Hydra on lines of their own.)
-            last = err.getvalue().rstrip("\n").splitlines()[-1]
-            assert e.code == 2 and last.startswith("nasrun: error: "), err.getvalue()
-            raise UserError(last.removeprefix("nasrun: error: ")) from None
+        enter_sweep(runner)
         lines = calls.read_text().splitlines() if calls.exists() else []
         return runner.returns, sweep_dir, lines
 
@@ -127,7 +117,6 @@ def test_help_does_not_import_botorch() -> None:
 
 
 def test_nasrun_help_does_not_import_botorch(tmp_path: Path) -> None:
-    pytest.importorskip("nasrun.cli")
     out = run_nasrun_raw("-X", "importtime", "-m", "nasrun", "--help", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
@@ -265,10 +254,17 @@ def test_too_many_failures_stop_the_sweep(sweep: Callable[..., Any]) -> None:
 def test_a_non_number_stops_with_one_line(sweep: Callable[..., Any]) -> None:
     with pytest.raises(UserError, match=r"returned 'not a number' \(str\); the task must return a number"):
         sweep("misbehave=string")
-    with pytest.raises(
-        UserError, match=r"hydra.sweeper.objective=None: .* returned a dict with keys \['branin', 'other'\]"
-    ):
-        sweep("misbehave=dict")
+
+
+def test_a_dict_without_the_objective_key_stops_after_its_first_trial(
+    sweep: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The default key (val_acc) is not there: no other key is taken in its place."""
+    with pytest.raises(UserError) as info:
+        sweep("misbehave=dict", folder="dict")
+    line = "hydra.sweeper.objective=val_acc: the result of trial 0 (job 0) has no 'val_acc'; it has: branin, other"
+    assert str(info.value) == line
+    assert [(r["state"], r["error"]) for r in stored(tmp_path / "dict")] == [("FAILED", line)]
 
 
 @pytest.mark.parametrize(
@@ -393,15 +389,14 @@ def run_nasrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.slow  # about a minute on a busy 2-core machine: three tiny search+retrain runs
+@pytest.mark.slow  # about 30 s on a busy 2-core machine: six tiny retrainings of a fixed cell
 def test_sweep_preset_on_the_real_nasrun_smoke_experiment(tmp_path: Path) -> None:
-    pytest.importorskip("nasrun.cli")
     out = run_nasrun(
         f"{_sweep_group()}=smoke_bo", "experiment=smoke", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = stored(tmp_path)
-    assert [r["state"] for r in rows] == ["COMPLETED"] * 3
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 6
     assert all(0.0 <= r["value"] <= 100.0 for r in rows)  # validation accuracy, %
     assert {json.loads(r["params"])["trainer.batch_size"] for r in rows} <= {32, 64}
     assert OmegaConf.load(tmp_path / "optimization_results.yaml").direction == "maximize"
@@ -415,7 +410,6 @@ def test_sweep_preset_on_the_real_nasrun_smoke_experiment(tmp_path: Path) -> Non
 def test_readme_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
     """The README's spelling: the space as unquoted ``hydra.sweeper.params.*`` overrides (needs
     ``nasrun.cli.main`` to pass ``sys.argv`` through ``prepare_sweeper_args``)."""
-    pytest.importorskip("nasrun.cli")
     out = run_nasrun(
         "-m",
         "hydra/sweeper=botorch",
@@ -432,7 +426,6 @@ def test_readme_command_line_on_the_real_nasrun(tmp_path: Path) -> None:
 
 
 def test_slurm_launcher_preset_composes() -> None:
-    pytest.importorskip("nasrun.cli")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     from hydra import compose, initialize_config_dir
 

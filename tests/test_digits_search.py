@@ -17,9 +17,9 @@ def test_tiny_search_and_retrain_on_digits_beats_chance(compose_cfg, tmp_path: P
         "retrain.network.channels=8",
         "retrain.drop_path=0.0",
     )
-    objective = run(cfg, tmp_path)
+    returned = run(cfg, tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
-    assert objective == result["val_acc"]
+    assert returned["val_acc"] == result["val_acc"]
     assert result["test_acc"] > 50.0, result
     assert result["val_acc"] > 50.0, result
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]

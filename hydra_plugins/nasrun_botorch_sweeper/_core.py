@@ -44,6 +44,7 @@ from nasrun.bo.engine import BayesOpt
 from nasrun.bo.pruners import PrunerKind
 from nasrun.bo.reporting import Pruned, store_location, task_epochs
 from nasrun.bo.store import ENDED, OPEN, worker_id
+from nasrun.config.sweep_check import sweep_without_effect
 
 from . import _report
 from ._recording import RecordingTask, saved_return
@@ -178,6 +179,9 @@ class BoTorchSweeperImpl:
                 non-numeric objective, or too many failed trials.
         """
         space, fixed = self._space(arguments)
+        useless = sweep_without_effect(self.config, space.names)
+        if useless is not None:
+            log.warning(useless)
         store = self._open_store()
         bo = BayesOpt(space, self.settings, store, budget=self.conf.n_trials)
         n_trials, q = self.conf.n_trials, self.conf.batch_size
@@ -303,25 +307,23 @@ class BoTorchSweeperImpl:
         if isinstance(value, Pruned):
             bo.tell(trial.id, value.value, pruned_at=value.epoch)
             return
+        key = self.conf.objective
         if isinstance(value, Mapping):
-            key = self.conf.objective
-            if key is None or key not in value:
-                bo.tell(trial.id, None, error="objective missing from the returned dict")
-                raise UserError(
-                    f"hydra.sweeper.objective={key}: {where} returned a dict with keys {sorted(map(str, value))}; "
-                    "set hydra.sweeper.objective to the key to optimise"
+            if value.get(key) is None:
+                # No fallback to another key: the sweep would optimise something else than asked.
+                message = (
+                    f"hydra.sweeper.objective={key}: the result of {where} has no {key!r}; it has: "
+                    f"{', '.join(sorted(str(k) for k, v in value.items() if v is not None)) or 'none'}"
                 )
+                bo.tell(trial.id, None, error=message)
+                raise UserError(message)
             value = value[key]
         number = _as_float(value)
         if number is None:
             bo.tell(trial.id, None, error=f"returned {value!r}")
-            name = (
-                "the objective"
-                if self.conf.objective is None
-                else f"hydra.sweeper.objective={self.conf.objective}"
-            )
             raise UserError(
-                f"{name}: {where} returned {value!r} ({type(value).__name__}); the task must return a number"
+                f"hydra.sweeper.objective={key}: {where} returned {value!r} ({type(value).__name__}); "
+                "the task must return a number or a dict of numbers"
             )
         if not math.isfinite(number):
             log.warning(f"{where} returned {number}: recorded as FAILED")

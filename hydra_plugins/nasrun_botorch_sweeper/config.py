@@ -22,8 +22,10 @@ class BoTorchSweeperConf(BOSettings):
     n_trials: int = 20
     # Trials per launcher batch, chosen jointly (1: fully sequential BO, the most sample-efficient).
     batch_size: int = 1
-    # Key of the objective when the task returns a dict; None means the task returns a number.
-    objective: str | None = None
+    # The task result's key to optimise when the task returns a dict of results, as nasrun does
+    # (val_acc: the retrained network's accuracy on the validation split). A task returning a plain
+    # number is optimised as it is. A result without this key fails its trial and stops the sweep.
+    objective: str = "val_acc"
     # Stop once more than this fraction of n_trials has failed (ours; Optuna's 0.0 stops at the first).
     max_failure_rate: float = 0.25
     # Trial store: a path or sqlite:///path (one machine), or a server's URL such as

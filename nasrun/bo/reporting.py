@@ -72,11 +72,13 @@ class TrialReporter:
         store: The sweep's trial store.
         trial: The RUNNING trial.
         pruner: The pruning rule (``PrunerKind.none``: report only).
+        objective: The key of the value that the sweep optimises (``hydra.sweeper.objective``).
     """
 
-    def __init__(self, store: TrialStore, trial: Trial, pruner: Pruner) -> None:
+    def __init__(self, store: TrialStore, trial: Trial, pruner: Pruner, objective: str = "val_acc") -> None:
         assert trial.job is not None
         self.store, self.trial, self.pruner = store, trial, pruner
+        self.objective = objective
         self.job = trial.job
         self.active = True  # false once the trial is no longer this job's (re-queued, ended)
 
@@ -107,9 +109,10 @@ class TrialReporter:
         if self.store.end_running(self.trial.id, self.job, prune):
             raise TrialPruned(int(epoch), value, reason)
 
-    def sink(self, value_key: str = "val_acc", step_key: str = "epoch") -> HistorySink:
-        """A ``HistoryLog`` sink reporting ``record[value_key]`` after ``record[step_key]``."""
-        return HistorySink(self, value_key, step_key)
+    def sink(self, value_key: str | None = None, step_key: str = "epoch") -> HistorySink:
+        """A ``HistoryLog`` sink reporting ``record[value_key]`` (default: the sweep's objective)
+        after ``record[step_key]``."""
+        return HistorySink(self, value_key or self.objective, step_key)
 
 
 class HistorySink:
@@ -181,4 +184,4 @@ def current_reporter(max_epochs: int | None = None) -> TrialReporter | None:
         min_trials=int(sweeper.min_trials),
         max_epochs=max_epochs if sweeper.max_epochs is None else int(sweeper.max_epochs),
     )
-    return TrialReporter(store, trial, pruner)
+    return TrialReporter(store, trial, pruner, objective=str(sweeper.get("objective") or "val_acc"))

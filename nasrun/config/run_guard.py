@@ -9,8 +9,9 @@ Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``) that runs first and
 - ``resume=true`` where there is nothing to resume (no folder, or no checkpoints in it);
 - ``resume=true`` with settings that differ from the ones the folder was made with, where the
   difference changes results. Settings that only extend the run (a larger ``search.budget``,
-  retraining turned on after a search-only run) or never change results (threads, device,
-  evaluation batch size, data location) are allowed, and the extensions are announced.
+  retraining turned on after a search-only run) or never change results (threads, evaluation
+  batch size, data location) are allowed, and the extensions are announced. The device is not
+  among them: another device computes in another order and draws other random streams.
 
 Hydra's callbacks turn exceptions into warnings, so a refusal prints one line and exits with
 status 2 through ``SystemExit``. Single runs only: a sweep's jobs get fresh numbered folders, and
@@ -32,7 +33,6 @@ NEUTRAL_KEYS = frozenset(
     {
         "resume",
         "trainer.threads",
-        "trainer.device",
         "trainer.eval_batch_size",
         "trainer.tensorboard",
         "evaluator.workers",

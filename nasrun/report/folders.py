@@ -63,15 +63,12 @@ class Run:
         """The run's objective: its trial's value in a sweep, else its validation accuracy.
 
         In a sweep the trial decides: a failed trial has none, even if its run wrote a result. Out
-        of one, it is what ``nasrun.pipeline.run`` returns: ``val_acc``, else ``search_val_acc``.
+        of one, it is the run's ``val_acc`` (a sweep's default objective), or none if the run had
+        no validation split: no other metric stands in for it.
         """
         if self.trial is not None:
             return None if self.trial.value is None else float(self.trial.value)
-        if self.result is None:
-            return None
-        value = self.result.get("val_acc")
-        if value is None:
-            value = self.result.get("search_val_acc")
+        value = (self.result or {}).get("val_acc")
         return None if value is None else float(value)
 
     @property

@@ -56,12 +56,16 @@ def test_extensions_and_neutral_settings_are_allowed(compose_cfg) -> None:
         "search=random_search",
         "search.budget=9",  # larger budget: continues the search
         "trainer.eval_batch_size=7",  # evaluation only
-        "trainer.device=cpu",
         "resume=true",
     )
     refused, extended = compare_configs(saved, current)
     assert refused == []
     assert extended == ["retrain.enabled: False -> True", "search.budget: 3 -> 9"]
+    # Another device computes in another order and draws other random numbers: not neutral.
+    moved, _ = compare_configs(
+        saved, _plain(compose_cfg, *SMOKE, "search=random_search", "trainer.device=cpu")
+    )
+    assert moved == ["trainer.device: auto -> cpu"]
     refused, _ = compare_configs(
         saved, _plain(compose_cfg, *SMOKE, "search=random_search", "search.budget=2")
     )

@@ -10,16 +10,25 @@ import pytest
 from torchvision.datasets import cifar as cifar_module
 
 
-def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0) -> np.ndarray:
-    """A ``cifar-10-batches-py`` folder (5 training batches + test); returns the first batch's rows."""
+def write_cifar10(root: Path, per_batch: int = 6, seed: int = 0, learnable: bool = False) -> np.ndarray:
+    """A ``cifar-10-batches-py`` folder (5 training batches + test); returns the first batch's rows.
+
+    With ``learnable``, an image's colour planes carry its label (each class brightens its own
+    mix of the three planes), so that training learns something and its settings matter.
+    """
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(seed)
+    tint = rng.integers(0, 2, size=(10, 3)) * 96  # per class: which planes are brighter
     first = None
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)  # rows: R plane, G, B
-        first = data if first is None else first
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        if learnable:
+            noise = rng.integers(0, 160, size=(per_batch, 3, 1024))
+            data = (noise + tint[labels][:, :, None]).reshape(per_batch, 3072).astype(np.uint8)
+        else:
+            data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)  # rows: R plane, G, B
+        first = data if first is None else first
         with open(folder / name, "wb") as f:
             pickle.dump({"data": data, "labels": labels}, f)
     with open(folder / "batches.meta", "wb") as f:

@@ -23,11 +23,11 @@ def test_tabular_search_writes_the_run_folder(compose_cfg, tmp_path: Path) -> No
         "search.budget=30",
         "seed=3",
     )
-    objective = run(cfg, tmp_path)
+    returned = run(cfg, tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     from_string(result["genotype"])  # the NAS-Bench-201 string of the chosen cell
     assert result["n_evaluations"] == 30
-    assert objective == result["val_acc"] and 0 < result["val_acc"] <= 84.892  # the table's best
+    assert returned["val_acc"] == result["val_acc"] and 0 < result["val_acc"] <= 84.892  # the table's best
     assert 0 < result["test_acc"] <= 100
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert len(history) == 30 and history[-1]["best_val_acc"] == result["val_acc"]

@@ -261,7 +261,8 @@ class OneShotSearch:
         order: 1 (first order) or 2 (unrolled second order).
         epochs: search epochs.
         warmup_epochs: first epochs that train only the weights (PC-DARTS: 15).
-        early_stop: a stopping criterion checked after every epoch (DARTS+), or ``None``.
+        early_stop: a stopping criterion checked after every epoch that took architecture steps
+            (DARTS+), or ``None``. Warm-up epochs are not checked: their cell is the initial one.
         batch_size, train_portion: the batches, and the share of the training images that trains
             the weights (the rest trains the architecture).
         lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD and cosine schedule.
@@ -493,7 +494,7 @@ class OneShotSearch:
         steps = -(-n_half // batch_size)
         console = get_console()
         augment = data.augment()
-        stopped = self.early_stop.check(log.records) if self.early_stop is not None and log.records else None
+        stopped = self._stop_reason(log.records)
         done = sum(st.epochs for st in self.stages[:stage]) + stage_epoch
         network: OneShotNetwork | None = None
         score_derived = (
@@ -581,10 +582,9 @@ class OneShotSearch:
                         record["edge_ops"] = network.edge_ops
                     else:
                         record["ops"] = list(network.topology.ops)
-                    if self.early_stop is not None:
-                        stopped = self.early_stop.check([*log.records, record])
-                        if stopped is not None:
-                            record["stopped"] = stopped
+                    stopped = self._stop_reason([*log.records, record])
+                    if stopped is not None:
+                        record["stopped"] = stopped
                     log.append(record)
                     save_checkpoint(
                         ckpt,
@@ -632,6 +632,18 @@ class OneShotSearch:
             metrics["derived_val_acc"] = last_record["derived_val_acc"]
             metrics["derived_test_acc"] = last_record["derived_test_acc"]
         return SearchResult(genotype=genotype, metrics=metrics)
+
+    def _stop_reason(self, records: Sequence[dict[str, Any]]) -> str | None:
+        """Why the search stops after the last of ``records``, or ``None``.
+
+        Only an epoch that took architecture steps can stop it: a warm-up epoch's cell is the
+        random initial one (with DARTS's initialisation about a third of seeds already derive two
+        skip-connects in the normal cell), which says nothing about the search (DARTS+, Liang et
+        al. 2019, stops on the cell the architecture steps have shaped).
+        """
+        if self.early_stop is None or not records or not records[-1].get("arch_steps", True):
+            return None
+        return self.early_stop.check(records)
 
     def _final_network(self, ctx: SearchContext, ckpt: Path) -> OneShotNetwork:
         """The last stage's supernet as the checkpoint holds it."""

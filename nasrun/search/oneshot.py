@@ -394,6 +394,11 @@ class OneShotSearch:
             arch_grad_clip=arch_grad_clip,
             unrolled_eps=unrolled_eps,
         )
+        if order == 2 and sampler is not None and update is None:
+            raise UserError(
+                "search.order=2: the sampler draws fresh Gumbel noise on every forward pass, so the "
+                "unrolled step's finite difference would compare different cells; use search.order=1"
+            )
         self.sampler = sampler
         self.update = update
         if update is not None:

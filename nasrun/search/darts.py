@@ -51,6 +51,8 @@ class DartsStepper:
         order: 1 (first order, xi = 0) or 2 (unrolled, xi = current weight lr).
         lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD and cosine schedule.
         arch_lr, arch_betas, arch_weight_decay: the architecture's Adam.
+        arch_grad_clip: the architecture gradient's norm is clipped at this before each Adam step
+            (P-DARTS); 0: no clipping (DARTS).
         unrolled_eps: finite-difference step of the second-order Hessian-vector product, relative
             to the norm of the direction.
         epochs: length of the cosine schedule.
@@ -71,6 +73,7 @@ class DartsStepper:
         arch_lr: float,
         arch_betas: Sequence[float],
         arch_weight_decay: float,
+        arch_grad_clip: float,
         unrolled_eps: float,
     ):
         self.module = supernet
@@ -81,6 +84,7 @@ class DartsStepper:
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
+        self.arch_grad_clip = arch_grad_clip
         self.alphas: list[nn.Parameter] = list(supernet.arch_parameters())  # type: ignore[operator]
         self.weights: list[nn.Parameter] = list(supernet.weight_parameters())  # type: ignore[operator]
         # The weights' names in the same order, for functional calls with substituted weights.
@@ -129,6 +133,8 @@ class DartsStepper:
             grads = self.unrolled_arch_grad(x_train, y_train, x_val, y_val)
         for a, g in zip(self.alphas, grads):
             a.grad = g
+        if self.arch_grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.alphas, self.arch_grad_clip)
         self.a_opt.step()
 
     def weight_step(self, x_train: torch.Tensor, y_train: torch.Tensor) -> tuple[float, int]:

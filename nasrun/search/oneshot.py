@@ -23,6 +23,7 @@ construction, whatever a method adds: no parameter is recognised by its name.
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -206,15 +207,18 @@ class OneShotNetwork(nn.Module):
             genotype = self.space.derive(strengths, self.edge_ops)
         return genotype
 
-    def pruned_ops(self, keep: int, drop_none: bool) -> dict[str, list[list[str]]]:
-        """Each edge's ``keep`` strongest candidate ops, in their current order (P-DARTS's pruning)."""
+    def pruned_ops(self, keep: int) -> dict[str, list[list[str]]]:
+        """Each edge's ``keep`` strongest candidate ops, in their current order (P-DARTS's pruning).
+
+        ``none`` competes like any op: P-DARTS drops each edge's weakest ops by their softmax
+        weight, ``none``'s included, between stages, and sets ``none`` aside only when it derives
+        the final cell (chenxin061/pdarts train_search.py:181-185, 211-218).
+        """
         out: dict[str, list[list[str]]] = {}
         for kind, W in self.strengths().items():
             rows = []
             for e, names in enumerate(self.edge_ops[kind]):
                 order = sorted(range(len(names)), key=lambda k: -float(W[e, k]))
-                if drop_none:
-                    order = [k for k in order if names[k] != "none"]
                 rows.append([names[k] for k in sorted(order[:keep])])
             out[kind] = rows
         return out
@@ -234,6 +238,11 @@ class OneShotNetwork(nn.Module):
         return out
 
 
+#: P-DARTS's decay of the skip-connect dropout once architecture steps begin, ``exp(-0.2 e)``
+#: (reference train_search.py:145, ``scale_factor``).
+SKIP_DROPOUT_DECAY = 0.2
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of a search: the supernet's depth, its epochs and what changes between stages."""
@@ -242,7 +251,18 @@ class Stage:
     epochs: int
     warmup_epochs: int  # first epochs without architecture steps
     ops_kept: int | None  # candidate ops per edge, pruned from the stage before; None: all
-    skip_dropout: float  # dropout after skip-connects at the stage's start, decayed linearly to 0
+    skip_dropout: float  # the stage's dropout rate after skip-connects (scheduled: skip_dropout_at)
+
+    def skip_dropout_at(self, epoch: int) -> float:
+        """The skip-connect dropout of the stage's ``epoch`` (from 0), P-DARTS's schedule.
+
+        Warm-up epochs decay it linearly, ``p (E - e - 1) / E`` over the stage's ``E`` epochs; from
+        the first epoch with architecture steps, ``w``, it restarts at ``p`` and decays as
+        ``p exp(-0.2 (e - w))`` (chenxin061/pdarts train_search.py:152-158).
+        """
+        if epoch < self.warmup_epochs:
+            return self.skip_dropout * (self.epochs - epoch - 1) / self.epochs
+        return self.skip_dropout * math.exp(-SKIP_DROPOUT_DECAY * (epoch - self.warmup_epochs))
 
 
 class OneShotSearch:
@@ -261,17 +281,20 @@ class OneShotSearch:
         order: 1 (first order) or 2 (unrolled second order).
         epochs: search epochs.
         warmup_epochs: first epochs that train only the weights (PC-DARTS: 15).
-        early_stop: a stopping criterion checked after every epoch (DARTS+), or ``None``.
+        early_stop: a stopping criterion checked after every epoch that took architecture steps
+            (DARTS+), or ``None``. Warm-up epochs are not checked: their cell is the initial one.
         batch_size, train_portion: the batches, and the share of the training images that trains
             the weights (the rest trains the architecture).
         lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD and cosine schedule.
         arch_lr, arch_betas, arch_weight_decay: the architecture's Adam.
+        arch_grad_clip: the architecture gradient's norm is clipped at this (P-DARTS); 0: not.
         unrolled_eps: the finite-difference step of the second-order gradient.
         stages: P-DARTS's progressive search: equal-length lists ``layers``, ``epochs``,
             ``warmup_epochs``, ``ops_kept`` (candidate ops per edge in each stage) and
-            ``skip_dropout`` (dropout after skip-connects, decayed linearly to 0 within a stage).
-            Each stage builds a deeper supernet over each edge's strongest ops of the stage before,
-            with new optimisers; ``epochs`` must equal the stages' sum. ``None``: one stage.
+            ``skip_dropout`` (dropout after skip-connects, on P-DARTS's schedule within a stage:
+            ``Stage.skip_dropout_at``). Each stage builds a deeper supernet over each edge's
+            strongest ops of the stage before (``none`` among them), with new optimisers;
+            ``epochs`` must equal the stages' sum. ``None``: one stage.
         max_skips: the derived normal cell keeps at most this many skip-connects (P-DARTS: M = 2).
         evaluate_derived: after every epoch, score the derived cell with the run's evaluator (a
             tabular benchmark's look-up, say) and record it in the history as
@@ -305,6 +328,7 @@ class OneShotSearch:
         arch_lr: float = 3e-4,  # DARTS: architecture Adam lr 3e-4
         arch_betas: Sequence[float] = (0.5, 0.999),  # DARTS: Adam betas (0.5, 0.999)
         arch_weight_decay: float = 1e-3,  # DARTS: architecture weight decay 1e-3
+        arch_grad_clip: float = 0.0,  # DARTS: the architecture gradient is not clipped (P-DARTS: 5)
         unrolled_eps: float = 0.01,  # DARTS: finite-difference step 0.01 / ||grad L_val|| (second order)
         stages: dict[str, Sequence[Any]] | None = None,  # DARTS: one stage (P-DARTS: three)
         max_skips: int | None = None,  # DARTS: no cap on the normal cell's skip-connects (P-DARTS: 2)
@@ -328,6 +352,8 @@ class OneShotSearch:
             raise UserError(f"search.batch_size={batch_size}: must be > 0")
         if not 0.0 < train_portion < 1.0:
             raise UserError(f"search.train_portion={train_portion}: must be in (0, 1)")
+        if arch_grad_clip < 0:
+            raise UserError(f"search.arch_grad_clip={arch_grad_clip}: must be >= 0 (0: no clipping)")
         if len(arch_betas) != 2:
             raise UserError(f"search.arch_betas={list(arch_betas)}: needs two values")
         if not isinstance(space, OneShotSpace):
@@ -365,8 +391,14 @@ class OneShotSearch:
             arch_lr=arch_lr,
             arch_betas=arch_betas,
             arch_weight_decay=arch_weight_decay,
+            arch_grad_clip=arch_grad_clip,
             unrolled_eps=unrolled_eps,
         )
+        if order == 2 and sampler is not None and update is None:
+            raise UserError(
+                "search.order=2: the sampler draws fresh Gumbel noise on every forward pass, so the "
+                "unrolled step's finite difference would compare different cells; use search.order=1"
+            )
         self.sampler = sampler
         self.update = update
         if update is not None:
@@ -493,7 +525,7 @@ class OneShotSearch:
         steps = -(-n_half // batch_size)
         console = get_console()
         augment = data.augment()
-        stopped = self.early_stop.check(log.records) if self.early_stop is not None and log.records else None
+        stopped = self._stop_reason(log.records)
         done = sum(st.epochs for st in self.stages[:stage]) + stage_epoch
         network: OneShotNetwork | None = None
         score_derived = (
@@ -517,8 +549,8 @@ class OneShotSearch:
                     t0 = time.perf_counter()
                     stepper.model.train()
                     arch_steps = epoch >= plan.warmup_epochs
-                    # Skip-connect dropout decays linearly to 0 over the stage (P-DARTS).
-                    network.set_skip_dropout(plan.skip_dropout * (plan.epochs - epoch - 1) / plan.epochs)
+                    skip_dropout = plan.skip_dropout_at(epoch)
+                    network.set_skip_dropout(skip_dropout)
                     network.start_epoch(done, self.epochs)  # the sampler's temperature, by the search's epoch
                     loss_sum, correct, n = 0.0, 0, 0
                     done += 1
@@ -579,12 +611,12 @@ class OneShotSearch:
                     if len(self.stages) > 1:
                         record["stage"] = stage + 1
                         record["edge_ops"] = network.edge_ops
+                        record["skip_dropout"] = skip_dropout
                     else:
                         record["ops"] = list(network.topology.ops)
-                    if self.early_stop is not None:
-                        stopped = self.early_stop.check([*log.records, record])
-                        if stopped is not None:
-                            record["stopped"] = stopped
+                    stopped = self._stop_reason([*log.records, record])
+                    if stopped is not None:
+                        record["stopped"] = stopped
                     log.append(record)
                     save_checkpoint(
                         ckpt,
@@ -607,12 +639,10 @@ class OneShotSearch:
                     if stopped is not None:
                         console.print(f"search stopped after epoch {done}: {stopped}")
                 if stopped is None and stage + 1 < len(self.stages):
-                    # The next stage searches each edge's strongest ops of this one (the last keeps no `none`).
-                    last = stage + 2 == len(self.stages)
+                    # The next stage searches each edge's strongest ops of this one, `none` included
+                    # where it is among them (derivation skips it at the end).
                     kept = self.stages[stage + 1].ops_kept
-                    edge_ops = (
-                        network.pruned_ops(kept, drop_none=last) if kept is not None else network.edge_ops
-                    )
+                    edge_ops = network.pruned_ops(kept) if kept is not None else network.edge_ops
                 stage, stage_epoch = stage + 1, 0
         last_record = log.records[-1]
         genotype = Genotype.from_dict(last_record["genotype"])
@@ -632,6 +662,18 @@ class OneShotSearch:
             metrics["derived_val_acc"] = last_record["derived_val_acc"]
             metrics["derived_test_acc"] = last_record["derived_test_acc"]
         return SearchResult(genotype=genotype, metrics=metrics)
+
+    def _stop_reason(self, records: Sequence[dict[str, Any]]) -> str | None:
+        """Why the search stops after the last of ``records``, or ``None``.
+
+        Only an epoch that took architecture steps can stop it: a warm-up epoch's cell is the
+        random initial one (with DARTS's initialisation about a third of seeds already derive two
+        skip-connects in the normal cell), which says nothing about the search (DARTS+, Liang et
+        al. 2019, stops on the cell the architecture steps have shaped).
+        """
+        if self.early_stop is None or not records or not records[-1].get("arch_steps", True):
+            return None
+        return self.early_stop.check(records)
 
     def _final_network(self, ctx: SearchContext, ckpt: Path) -> OneShotNetwork:
         """The last stage's supernet as the checkpoint holds it."""

@@ -60,6 +60,12 @@ def annealed(start: float, end: float, epoch: int, epochs: int, schedule: str) -
     return math.exp(math.log(start) * (1.0 - t) + math.log(end) * t)
 
 
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise of ``like``'s shape, dtype and device: ``-log(-log(u))``, ``u ~ U(0, 1)``."""
+    u = torch.rand_like(like).clamp_(min=1e-20, max=1.0 - 1e-7)
+    return -torch.log(-torch.log(u))
+
+
 class _Annealed:
     """A temperature that falls from ``tau_start`` to ``tau_end`` over the search."""
 
@@ -85,9 +91,7 @@ class _Annealed:
 
     def _relaxed(self, alpha: torch.Tensor) -> torch.Tensor:
         """``[n_edges, n_ops]``: ``softmax((log_softmax(alpha) + g) / tau)`` with fresh Gumbel noise ``g``."""
-        u = torch.rand_like(alpha).clamp_(min=1e-20, max=1.0 - 1e-7)
-        g = -torch.log(-torch.log(u))
-        return F.softmax((F.log_softmax(alpha, dim=-1) + g) / self.tau, dim=-1)
+        return F.softmax((F.log_softmax(alpha, dim=-1) + gumbel_noise(alpha)) / self.tau, dim=-1)
 
 
 class GumbelSoftmax(_Annealed):

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
 
 from nasrun import UserError
+from nasrun.search import samplers
 from nasrun.search.oneshot import OneShotSearch
 from nasrun.search.sampled_edges import SampledEdge
 from nasrun.search.samplers import GumbelMaxST, GumbelSoftmax, annealed
@@ -100,3 +103,68 @@ def test_with_softmax_weights_the_same_edge_runs_every_op() -> None:
     with count_op_calls(stepper.module) as (edge_calls, op_calls, _):
         stepper.step(*batch(seed=0), *batch(seed=1))
     assert all(op_calls[e] == 4 * edge_calls[e] for e in edge_calls)  # the 5 ops but `none`
+
+
+def _reference_edge(
+    alpha: torch.Tensor, gumbel: torch.Tensor, tau: float, ops: list, x: torch.Tensor, unsampled: bool
+) -> torch.Tensor:
+    """AutoDL's GDAS on one edge, written out: the sample (search_model_gdas.py:116-121), then
+    ``forward_gdas`` (search_cells.py:72-86, every op's weight added) or ``forward_gdas_v1`` (89-100)."""
+    probs = F.softmax((F.log_softmax(alpha, dim=-1) + gumbel) / tau, dim=-1)
+    index = int(probs.argmax())
+    hardwts = F.one_hot(torch.tensor(index), probs.numel()).float() - probs.detach() + probs
+    if not unsampled:
+        return hardwts[index] * ops[index](x)
+    return sum(hardwts[k] * op(x) if k == index else hardwts[k] for k, op in enumerate(ops))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("sampled", [3, 0])  # nor_conv_3x3; `none`
+@pytest.mark.parametrize("unsampled", [True, False])
+def test_the_gdas_edge_and_its_arch_gradient_are_the_references(
+    monkeypatch: pytest.MonkeyPatch, unsampled: bool, sampled: int
+) -> None:
+    """For a fixed Gumbel draw, a NAS-Bench-201 edge's output and d(loss)/d(alpha) equal AutoDL's formula."""
+    torch.manual_seed(0)
+    ops = list(tiny_space("nb201").topology().ops)
+    edge = SampledEdge(3, 1, ops, unsampled_weights=unsampled)
+    x, r = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    alpha = (1e-3 * torch.randn(1, len(ops))).requires_grad_()
+    gumbel = torch.randn(1, len(ops)) * 0.1
+    gumbel[0, sampled] += 5.0  # the op this draw samples
+    monkeypatch.setattr(samplers, "gumbel_noise", lambda like: gumbel.to(like))
+    sampler = GumbelMaxST()
+    sampler.set_epoch(1, 3)  # tau 5.05
+    weights = sampler.sample({"normal": alpha})["normal"][0]
+    assert int(weights.detach().argmax()) == sampled
+    out = edge(x, weights)
+    # `+ 0 * alpha.sum()`: a sampled `none` alone leaves the output without a graph (zero gradient).
+    ((out * r).sum() + 0 * alpha.sum()).backward()
+    grads = {}
+    for form in (True, False):
+        a = alpha.detach().clone().requires_grad_()
+        ref = _reference_edge(a[0], gumbel[0], sampler.tau, list(edge.ops), x, form)
+        ((ref * r).sum() + 0 * a.sum()).backward()
+        grads[form] = a.grad
+        if form == unsampled:
+            assert torch.allclose(out, ref)
+    assert alpha.grad is not None and torch.allclose(alpha.grad, grads[unsampled], rtol=1e-5, atol=1e-8)
+    assert not torch.allclose(grads[True], grads[False], rtol=1e-3)  # the two forms differ
+
+
+def test_on_nb201_gdas_defaults_to_the_benchmarks_form(compose_cfg) -> None:
+    """search=gdas adds the unsampled weights on space=nb201 (AutoDL's NAS-Bench-201 GDAS), not on
+    the DARTS cell space (its DARTS-space cell), and a key switches it off."""
+    for space, want in (("nb201", True), ("cifar_cell", False), ("nb201 off", False)):
+        name, *off = space.split()
+        extra = ["search.edge.unsampled_weights=false"] if off else []
+        cfg = compose_cfg("experiment=smoke", "search=gdas", f"space={name}", *extra)
+        search = instantiate(cfg.search)(space=instantiate(cfg.space), seed=0)
+        edges = [m for m in search.build_network(10, 1).modules() if isinstance(m, SampledEdge)]
+        assert edges and all(e.unsampled_weights is want for e in edges), space
+
+
+def test_second_order_gdas_is_refused_in_one_line(cli) -> None:
+    proc = cli("experiment=smoke", "search=gdas", "search.order=2", "hydra.run.dir=run")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("nasrun: error: search.order=2: ") and "Gumbel" in lines[0], lines[0]

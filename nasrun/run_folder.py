@@ -16,13 +16,26 @@ Guarantees:
 - A SIGKILL at any instant leaves the previous file intact: every file is written to a temporary
   file in the same folder and renamed over the target (``os.replace``, atomic within one file
   system). A killed writer may leave its temporary file (``.NAME.PID.RANDOM.tmp``) behind, never a
-  partial target. The data is not flushed to the disk (no ``fsync``), so a power cut may still
-  lose the last write: the guarantee is about processes dying, which is what interrupts runs.
+  partial target.
+- Checkpoints of steps that cost real compute are flushed to the disk (``fsync``) before the
+  rename, so a power cut leaves the previous checkpoint or the new one, never a renamed file
+  whose data was lost (which would refuse the resume as damaged). Other files, and checkpoints
+  of steps that cost nothing (a tabular benchmark's look-ups), are not: a flush costs a few
+  milliseconds, and what a power cut loses there is redone in as little.
 - Concurrent writers never share a temporary file: its name holds the process id and random bits.
 - Files get normal permissions: ``0o666`` minus the umask, as ``open()`` would give them.
   (``tempfile.mkstemp`` would create ``0o600``, and the rename would carry that over.)
-- The history log's appended lines are not atomic; a resume rewrites the log from the checkpoint,
-  which drops the lines of any step that never checkpointed.
+- A step's checkpoint is written before its history line (``HistoryLog.commit``), so the history
+  file never holds a step that the checkpoint lacks: a run killed between the two resumes from
+  that step's checkpoint, and a history line always means ``resume=true`` has a checkpoint to
+  start from. The appended lines are not atomic, and the file may lack the steps of the last
+  checkpoint; a resume rewrites it from the checkpoint's records, which also drops a
+  half-written last line and any line past the checkpoint (files from an older nasrun).
+
+Test-only hook: ``NASRUN_TEST_PAUSE_AFTER_CHECKPOINT=N`` (environment) makes ``HistoryLog.commit``
+stop for 60 s right after writing the checkpoint that first holds ``N`` records of a log, before
+that step's history lines, touching ``<log file>.paused`` first, so that a test can SIGKILL a run
+in that gap on purpose. Runs never set it.
 
 torch and NumPy are imported inside the functions that need them: the BoTorch sweeper's launcher
 workers import this module to save each job's return value, and must stay light for applications
@@ -35,20 +48,23 @@ import json
 import os
 import random
 import secrets
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from nasrun import UserError
 
 
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], fsync: bool = False) -> Path:
     """Write ``path`` with ``write(f)`` on a binary file, through a temporary file and a rename.
 
     Args:
         path: the file to write; missing parent folders are created.
         write: writes the whole content to the open binary file it is given (e.g.
             ``lambda f: fig.savefig(f, format="png")``).
+        fsync: flush the data to the disk before the rename, so that a power cut cannot leave
+            the new name on a file whose data never reached the disk.
 
     Returns:
         ``path``, as a ``Path``.
@@ -66,6 +82,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -93,11 +112,15 @@ class RecordSink(Protocol):
 class HistoryLog:
     """A JSON-lines history (``history.jsonl``): one line per step, rewritten on resume.
 
+    A loop that checkpoints adds each step with ``commit`` (checkpoint first, then the line);
+    ``append`` is for logs without a checkpoint.
+
     Args:
         path: the log file.
         records: the steps the checkpoint knows (empty for a fresh run); the file is rewritten
-            to hold exactly these, dropping lines of a step that never checkpointed.
-        sinks: also receive every appended record, in order, after it is in the file (TensorBoard
+            to hold exactly these, dropping a half-written last line and the lines of any step
+            that never checkpointed.
+        sinks: also receive every added record, in order, after it is in the file (TensorBoard
             scalars; a sweep's trial store, whose pruner may stop the run by raising from
             ``append``); ``None`` entries are skipped, so optional sinks can be listed as they are.
     """
@@ -114,12 +137,53 @@ class HistoryLog:
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one step's record, in memory and as a line of the file."""
-        self.records.append(record)
+        """Add one step's record, in memory and as a line of the file, then give it to the sinks."""
+        self._add([record])
+
+    def commit(
+        self,
+        records: Sequence[dict[str, Any]],
+        checkpoint: Path,
+        state: dict[str, Any],
+        durable: bool = True,
+    ) -> None:
+        """Add finished steps: their checkpoint first, then their lines, then the sinks.
+
+        A process killed at any point leaves a history file whose steps the checkpoint holds,
+        and a resume from that checkpoint rewrites the file to match it.
+
+        Args:
+            records: the steps' records, in order (several for a batch of evaluations).
+            checkpoint: the checkpoint file (``save_checkpoint``).
+            state: what to resume these steps from; the checkpoint holds it with ``"history"``
+                set to every record so far, these included.
+            durable: flush the checkpoint to the disk (``save_checkpoint``); off for steps that
+                cost nothing to redo.
+        """
+        history = [*self.records, *records]
+        save_checkpoint(checkpoint, {**state, "history": history}, durable=durable)
+        _pause_after_checkpoint(self.path, len(self.records), len(history))
+        self._add(records)
+
+    def _add(self, records: Sequence[dict[str, Any]]) -> None:
+        self.records.extend(records)
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        for sink in self.sinks:
-            sink.append(record)
+            f.write("".join(json.dumps(r) + "\n" for r in records))
+        for record in records:
+            for sink in self.sinks:
+                sink.append(record)
+
+
+#: The test-only hook's environment variable (module docstring).
+PAUSE_AFTER_CHECKPOINT = "NASRUN_TEST_PAUSE_AFTER_CHECKPOINT"
+
+
+def _pause_after_checkpoint(log: Path, before: int, after: int) -> None:
+    """The test-only hook: stop in the gap between a checkpoint and its history lines."""
+    at = os.environ.get(PAUSE_AFTER_CHECKPOINT)
+    if at and before < int(at) <= after:
+        log.with_name(log.name + ".paused").touch()
+        time.sleep(60)
 
 
 def read_history(path: Path) -> list[dict[str, Any]]:
@@ -141,14 +205,15 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, state: dict[str, Any], durable: bool = True) -> None:
     """Save ``state`` with ``torch.save`` through ``atomic_write``.
 
-    A SIGKILL during the write leaves the previous checkpoint intact.
+    A SIGKILL during the write leaves the previous checkpoint intact; with ``durable``, so does a
+    power cut (the data is flushed to the disk before the rename).
     """
     import torch
 
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f), fsync=durable)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import run_cli
+from nasrun.run_folder import PAUSE_AFTER_CHECKPOINT, load_checkpoint, read_history
+from tests.conftest import NB201_TABLE, run_cli
 
 ARGS = [
     "experiment=smoke",
@@ -118,3 +119,109 @@ def test_enas_sigkill_mid_search_then_resume_continues_the_controller_exactly(tm
     expected = json.loads((tmp_path / "ref" / "result.json").read_text())
     got = json.loads((run / "result.json").read_text())
     assert got["genotype"] == expected["genotype"] and got["search_val_acc"] == expected["search_val_acc"]
+
+
+# -- a SIGKILL in the gap between a step's checkpoint and its history line ------------------------
+#
+# NASRUN_TEST_PAUSE_AFTER_CHECKPOINT=N (nasrun.run_folder) stops a run for a minute right after the
+# checkpoint that first holds N steps, before their history lines, and touches <log>.paused: the
+# test kills it there, on purpose, then resumes.
+
+
+def _kill_in_the_gap(args: list[str], run_dir: Path, cwd: Path, log: str, ckpt: str, step: int) -> None:
+    """Run ``nasrun ARGS`` into ``run_dir`` and SIGKILL it between step ``step``'s checkpoint and line."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        PAUSE_AFTER_CHECKPOINT: str(step),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nasrun", *args, f"hydra.run.dir={run_dir}"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    marker, deadline = run_dir / f"{log}.paused", time.monotonic() + 240
+    while not marker.is_file():
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the run ended before the pause: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{marker} never appeared")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    # Killed in the gap: the checkpoint holds step `step`, the history file does not (yet).
+    assert len(load_checkpoint(run_dir / "checkpoints" / ckpt)["history"]) == step
+    assert len(read_history(run_dir / log)) == step - 1
+    assert not (run_dir / "result.json").exists()
+
+
+def _kill_in_the_gap_then_resume(tmp_path: Path, args: list[str], log: str, ckpt: str, step: int) -> None:
+    """Kill a run in the gap after step ``step``'s checkpoint, resume it, compare with a whole run."""
+    want, got = tmp_path / "whole", tmp_path / "killed"
+    whole = run_cli(*args, f"hydra.run.dir={want}", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    _kill_in_the_gap(args, got, tmp_path, log, ckpt, step)
+    done = run_cli(*args, f"hydra.run.dir={got}", "resume=true", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # the checkpoint is there, so resume=true is accepted
+
+    def lines(folder: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_history(folder / log)]
+
+    def result(folder: Path) -> dict:
+        return {k: v for k, v in json.loads((folder / "result.json").read_text()).items() if "wall" not in k}
+
+    assert result(got) == result(want)
+    assert json.loads((got / "genotype.json").read_text()) == json.loads((want / "genotype.json").read_text())
+    assert lines(got) == lines(want)
+    # Every line of the file is a whole record: no half-written line survived the resume.
+    assert len((got / log).read_text().splitlines()) == len(lines(want))
+
+
+def test_oneshot_search_killed_between_checkpoint_and_history_line_resumes_identically(
+    tmp_path: Path,
+) -> None:
+    # Killed after the first epoch's checkpoint: the resumed run must still train the second.
+    # data.test_portion=0.6: fewer training images, a shorter test.
+    args = ["experiment=smoke", "search.epochs=2", "data.test_portion=0.6", "retrain.enabled=false", "seed=7"]
+    _kill_in_the_gap_then_resume(tmp_path, args, "history.jsonl", "search.pt", step=1)
+
+
+def test_blackbox_search_killed_between_checkpoint_and_history_line_resumes_identically(
+    tmp_path: Path,
+) -> None:
+    args = [
+        "experiment=smoke",
+        "search=evolution",
+        "space=nb201",
+        "evaluator=tabular",
+        f"evaluator.table={NB201_TABLE}",
+        "search.budget=30",
+        "search.population=10",
+        "search.sample=3",
+        "retrain.enabled=false",
+        "seed=4",
+    ]
+    # Step 17: in the evolution phase (mutations of tournament winners), past the random start.
+    _kill_in_the_gap_then_resume(tmp_path, args, "history.jsonl", "search.pt", step=17)
+
+
+def test_retrain_killed_between_checkpoint_and_history_line_resumes_identically(tmp_path: Path) -> None:
+    # Step 1's checkpoint is the folder's first: had its line come first, a kill between the two
+    # would leave a line and no checkpoint, and resume=true would refuse the folder.
+    args = [
+        "task=retrain",
+        "genotype=darts_v2",
+        "experiment=smoke",
+        "trainer.epochs=2",
+        "data.test_portion=0.6",
+        "seed=2",
+    ]
+    _kill_in_the_gap_then_resume(tmp_path, args, "retrain_history.jsonl", "retrain.pt", step=1)

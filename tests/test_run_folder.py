@@ -18,10 +18,12 @@ import torch
 
 from nasrun import UserError
 from nasrun.run_folder import (
+    PAUSE_AFTER_CHECKPOINT,
     HistoryLog,
     atomic_write,
     load_checkpoint,
     python_rng_state,
+    read_history,
     rng_state,
     save_checkpoint,
     set_python_rng_state,
@@ -152,11 +154,61 @@ def test_history_log_rewrites_what_the_checkpoint_knows_then_appends(tmp_path: P
     for step in range(3):
         log.append({"step": step})
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [0, 1, 2]
-    # A resume from a checkpoint taken after step 1: step 2's line goes, the next step follows.
+    with path.open("a") as f:
+        f.write('{"step": 3, "val_')  # a line cut short by a kill
+    # A resume from a checkpoint taken after step 1: step 2's line and the cut one go.
     resumed = HistoryLog(path, log.records[:2])
     resumed.append({"step": 2, "again": True})
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines == [{"step": 0}, {"step": 1}, {"step": 2, "again": True}] == resumed.records
+
+
+def test_commit_writes_the_checkpoint_before_the_lines_and_the_sinks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, ckpt = tmp_path / "history.jsonl", tmp_path / "checkpoints" / "search.pt"
+    seen: list[tuple[int, int]] = []  # (steps in the checkpoint, lines in the file) at each sink call
+
+    class Stop(Exception):
+        pass
+
+    class Sink:
+        def append(self, record: dict) -> None:
+            seen.append((len(load_checkpoint(ckpt)["history"]), len(path.read_text().splitlines())))
+            if record["step"] == 3:
+                raise Stop  # a pruner stopping the run from its sink
+
+    fsyncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd)))
+    log = HistoryLog(path, [], [Sink()])
+    log.commit([{"step": 0}], ckpt, {"epoch": 1})
+    assert len(fsyncs) == 1  # a checkpoint of a step that cost compute is flushed to the disk
+    log.commit([{"step": 1}, {"step": 2}], ckpt, {"epoch": 3}, durable=False)  # a batch; free steps
+    assert len(fsyncs) == 1
+    with pytest.raises(Stop):
+        log.commit([{"step": 3}], ckpt, {"epoch": 4})
+    # Each sink saw its step in the checkpoint and in the file; the stopped step is in both.
+    assert seen == [(1, 1), (3, 3), (3, 3), (4, 4)]
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 4 and state["history"] == log.records == read_history(path)
+    assert [r["step"] for r in log.records] == [0, 1, 2, 3]
+
+
+def test_the_test_hook_pauses_between_the_checkpoint_and_the_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, ckpt = tmp_path / "history.jsonl", tmp_path / "search.pt"
+    at_pause: list[tuple[int, int]] = []
+    monkeypatch.setenv(PAUSE_AFTER_CHECKPOINT, "2")
+    monkeypatch.setattr(
+        "nasrun.run_folder.time.sleep",
+        lambda s: at_pause.append((len(load_checkpoint(ckpt)["history"]), len(read_history(path)))),
+    )
+    log = HistoryLog(path)
+    for step in range(4):
+        log.commit([{"step": step}], ckpt, {}, durable=False)
+    assert at_pause == [(2, 1)] and (tmp_path / "history.jsonl.paused").is_file()
 
 
 def test_json_is_indented_and_ends_with_a_newline(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ loop here evaluates, records ``history.jsonl``, checkpoints after every evaluati
 An evaluator that scores several architectures at once (``evaluator.workers > 1``) gets batches:
 a strategy may implement ``ask_batch`` to propose, before any of their scores is known, exactly
 the architectures that one ``ask``/``tell`` at a time would propose. The loop then checkpoints
-once per batch, so a resume re-asks an unfinished batch and the run stays the same.
+once per batch, so a resume re-asks an unfinished batch and the run stays the same; a batch's
+history lines are written together, after its checkpoint.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nasrun import UserError
 from nasrun.evaluator.base import ParallelEvaluator
 from nasrun.report.console import get_console, progress_bar
-from nasrun.run_folder import HistoryLog, RecordSink, load_checkpoint, save_checkpoint
+from nasrun.run_folder import HistoryLog, RecordSink, load_checkpoint
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
 
@@ -144,6 +145,7 @@ class BlackBoxStrategy(ABC):
             )
         evaluator = ctx.evaluator
         workers = evaluator.workers if isinstance(evaluator, ParallelEvaluator) else 1
+        free = bool(getattr(evaluator, "free", False))
         ckpt_path = ctx.checkpoint_dir / "search.pt"
         records: list[dict[str, Any]] = []
         if ctx.resume and ckpt_path.is_file():
@@ -168,14 +170,16 @@ class BlackBoxStrategy(ABC):
                         evaluations: Iterator[Evaluation] = evaluator.evaluate_many(genotypes, ctx)
                     else:
                         evaluations = (evaluator.evaluate(g, ctx) for g in genotypes)
+                    batch: list[dict[str, Any]] = []
                     for genotype, ev in zip(genotypes, evaluations, strict=True):
                         if not math.isfinite(ev.val_acc):
                             raise UserError(
                                 f"evaluator returned a non-finite score ({ev.val_acc}) for {ctx.space.describe(genotype)}"
                             )
                         self.tell(genotype, ev.val_acc)
+                        done = len(log.records) + len(batch) + 1
                         record = {
-                            "step": len(log.records),
+                            "step": done - 1,
                             "arch": ctx.space.describe(genotype),
                             "genotype": genotype.to_dict(),
                             "val_acc": ev.val_acc,
@@ -186,9 +190,8 @@ class BlackBoxStrategy(ABC):
                         if best is None or ev.val_acc > best["val_acc"]:
                             best = record
                         record["best_val_acc"] = best["val_acc"]
-                        log.append(record)
+                        batch.append(record)
                         advance(1, f"best val {best['val_acc']:.2f}")
-                        done = len(log.records)
                         if every and (done % every == 0 or done == self.budget):
                             console.print(
                                 f"search {done}/{self.budget} evaluations, best val_acc "
@@ -197,7 +200,10 @@ class BlackBoxStrategy(ABC):
                             )
                     # Only now is the strategy's state that of its told architectures: a batch's
                     # asks ran ahead of its tells, so a resume must start again from the batch.
-                    save_checkpoint(ckpt_path, {"strategy": self.state_dict(), "history": log.records})
+                    # The checkpoint goes first, then the batch's lines (HistoryLog.commit): a kill
+                    # in between leaves no line that the checkpoint lacks. Look-ups that cost
+                    # nothing are not worth a flush to the disk per evaluation.
+                    log.commit(batch, ckpt_path, {"strategy": self.state_dict()}, durable=not free)
         finally:
             if isinstance(evaluator, ParallelEvaluator):
                 evaluator.close()

@@ -37,7 +37,7 @@ from torch import nn
 from nasrun import UserError
 from nasrun.data.base import TensorSplit, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
-from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, set_rng_state
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.search.darts import DartsStepper
 from nasrun.search.early_stop import EarlyStop
@@ -617,8 +617,10 @@ class OneShotSearch:
                     stopped = self._stop_reason([*log.records, record])
                     if stopped is not None:
                         record["stopped"] = stopped
-                    log.append(record)
-                    save_checkpoint(
+                    # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
+                    # between leaves no line that the checkpoint lacks.
+                    log.commit(
+                        [record],
                         ckpt,
                         {
                             "stepper": stepper.state_dict(),
@@ -627,7 +629,6 @@ class OneShotSearch:
                             "stage_epoch": epoch + 1,
                             "edge_ops": network.edge_ops,
                             "epoch": done,
-                            "history": log.records,
                             "wall_s": wall,
                         },
                     )

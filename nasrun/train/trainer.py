@@ -27,7 +27,6 @@ from nasrun.run_folder import (
     RecordSink,
     load_checkpoint,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from nasrun.train.duration import DurationCheck
@@ -260,10 +259,11 @@ class Trainer(Runtime):
                     metrics["val_loss"], metrics["val_acc"] = self.evaluate(model, data.val)
                 metrics["test_loss"], metrics["test_acc"] = self.evaluate(model, data.test)
                 metrics["wall_s"] = wall
-                if log is not None:
-                    log.append(metrics)
-                if ckpt is not None:
-                    save_checkpoint(
+                if log is not None and ckpt is not None:
+                    # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
+                    # between leaves no line that the checkpoint lacks.
+                    log.commit(
+                        [metrics],
                         ckpt,
                         {
                             "model": module.state_dict(),
@@ -271,7 +271,6 @@ class Trainer(Runtime):
                             "scheduler": sched.state_dict(),
                             "rng": rng_state(),
                             "epoch": epoch + 1,
-                            "history": log.records if log is not None else [],
                             "wall_s": wall,
                         },
                     )

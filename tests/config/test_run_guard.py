@@ -136,7 +136,7 @@ def test_ctrl_c_says_how_to_resume_and_that_command_works(tmp_path: Path) -> Non
     )
     history, checkpoint = run_dir / "history.jsonl", run_dir / "checkpoints" / "search.pt"
     deadline = time.monotonic() + 240
-    while not checkpoint.is_file():  # the first epoch's checkpoint (written after its history line)
+    while not checkpoint.is_file():  # the first epoch's checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before Ctrl-C"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)

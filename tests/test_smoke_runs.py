@@ -78,6 +78,27 @@ def _smoke(compose_cfg, run_dir: Path, data_root: Path, *overrides: str) -> dict
     return result
 
 
+@pytest.mark.parametrize(
+    ("group", "sized_by"),
+    [
+        ("search", "search"),
+        ("space", "space"),
+        ("data", "data"),
+        ("retrain", "space"),
+        ("evaluator", "evaluator"),
+    ],
+)
+def test_every_option_has_its_smoke_sizes(group: str, sized_by: str) -> None:
+    """A new option without its ``smoke_<option>.yaml`` would run at full size under
+    ``experiment=smoke`` (hours, for a search) instead of failing here."""
+    sized = {
+        p.stem.removeprefix("smoke_") for p in (config_dir() / "experiment_overrides" / group).glob("*.yaml")
+    }
+    # Options that are small already need no file: the synthetic data set's and the tabular evaluator's.
+    small = {"evaluator": {"tabular"}}.get(group, set())
+    assert set(_options(sized_by)) - small - sized == set()
+
+
 def test_covering_set_covers_every_option() -> None:
     assert {s for s, _, _ in COVERING} == set(SEARCHES)
     assert {s for _, s, _ in COVERING} == set(SPACES)

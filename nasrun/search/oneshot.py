@@ -264,7 +264,11 @@ class OneShotSearch:
         early_stop: a stopping criterion checked after every epoch (DARTS+), or ``None``.
         batch_size, train_portion: the batches, and the share of the training images that trains
             the weights (the rest trains the architecture).
-        lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD and cosine schedule.
+        lr, lr_min, momentum, weight_decay, grad_clip, nesterov: the weights' SGD.
+        lr_schedule, lr_period, lr_period_mul: the weights' schedule from ``lr`` to ``lr_min``,
+            stepped once per epoch: ``cosine`` over ``lr_period`` epochs (``None``: all of them;
+            a shorter period swings back up), or ``cosine_restarts`` (SGDR: back to ``lr`` after
+            ``lr_period`` epochs, each period ``lr_period_mul`` times the last).
         arch_lr, arch_betas, arch_weight_decay: the architecture's Adam.
         unrolled_eps: the finite-difference step of the second-order gradient.
         stages: P-DARTS's progressive search: equal-length lists ``layers``, ``epochs``,
@@ -302,6 +306,10 @@ class OneShotSearch:
         momentum: float = 0.9,  # DARTS: SGD momentum 0.9
         weight_decay: float = 3e-4,  # DARTS: weight decay 3e-4
         grad_clip: float = 5.0,  # DARTS: gradient norm clipped at 5
+        nesterov: bool = False,  # DARTS: plain momentum (AutoDL's NAS-Bench-201 recipes: Nesterov)
+        lr_schedule: str = "cosine",  # DARTS: one cosine decay over the epochs (ENAS: cosine_restarts)
+        lr_period: int | None = None,  # DARTS: None, one cosine over the epochs (ENAS: 10)
+        lr_period_mul: int = 1,  # cosine_restarts: each period this times the last (ENAS: 2)
         arch_lr: float = 3e-4,  # DARTS: architecture Adam lr 3e-4
         arch_betas: Sequence[float] = (0.5, 0.999),  # DARTS: Adam betas (0.5, 0.999)
         arch_weight_decay: float = 1e-3,  # DARTS: architecture weight decay 1e-3
@@ -328,6 +336,14 @@ class OneShotSearch:
             raise UserError(f"search.batch_size={batch_size}: must be > 0")
         if not 0.0 < train_portion < 1.0:
             raise UserError(f"search.train_portion={train_portion}: must be in (0, 1)")
+        if lr_schedule not in ("cosine", "cosine_restarts"):
+            raise UserError(f"search.lr_schedule={lr_schedule!r}: must be cosine or cosine_restarts")
+        if lr_period is not None and lr_period < 1:
+            raise UserError(f"search.lr_period={lr_period}: must be >= 1 (or null: the search's epochs)")
+        if lr_period_mul < 1:
+            raise UserError(f"search.lr_period_mul={lr_period_mul}: must be >= 1")
+        if nesterov and not momentum > 0:
+            raise UserError(f"search.nesterov=true needs search.momentum > 0, got {momentum}")
         if len(arch_betas) != 2:
             raise UserError(f"search.arch_betas={list(arch_betas)}: needs two values")
         if not isinstance(space, OneShotSpace):
@@ -362,6 +378,10 @@ class OneShotSearch:
             momentum=momentum,
             weight_decay=weight_decay,
             grad_clip=grad_clip,
+            nesterov=nesterov,
+            lr_schedule=lr_schedule,
+            lr_period=lr_period,
+            lr_period_mul=lr_period_mul,
             arch_lr=arch_lr,
             arch_betas=arch_betas,
             arch_weight_decay=arch_weight_decay,
@@ -550,6 +570,7 @@ class OneShotSearch:
                             epoch=done - 1,
                             augment=augment,
                             status=status,
+                            last=done == self.epochs,
                         )
                         extra = stepper.end_epoch(epoch_data, arch_steps)
                         derived = stepper.derive(epoch_data)  # the network then runs the derived cell

@@ -406,6 +406,8 @@ class ReinforceController:
         score_batches: validation batches each candidate is scored on.
     """
 
+    reads_val_batches = False  # the weight steps train the sampled cell on the training batch alone
+
     def __init__(
         self,
         lstm_size: int = 64,  # enas src/cifar10/main.py:153: lstm_size=64

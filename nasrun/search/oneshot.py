@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -506,9 +506,15 @@ class OneShotSearch:
         log = HistoryLog(
             ctx.run_dir / "history.jsonl", records, [trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks]
         )
-        n_half = min(len(w_half), len(a_half))  # zip stops at the shorter half
+        # A method whose steps read no validation batch (RSPS, ENAS: ``reads_val_batches = False``)
+        # passes over the weights' whole share; the others zip the halves, stopping at the shorter.
+        weights_only = getattr(self.update, "reads_val_batches", True) is False
+        n_half = len(w_half) if weights_only else min(len(w_half), len(a_half))
         batch_size = clamp_batch_size(
-            self.batch_size, n_half, "search.batch_size", "images in each half of the search data"
+            self.batch_size,
+            n_half,
+            "search.batch_size",
+            "images in the weights' share" if weights_only else "images in each half of the search data",
         )
         steps = -(-n_half // batch_size)
         console = get_console()
@@ -547,8 +553,14 @@ class OneShotSearch:
                         epoch_generator(self.seed, done - 1, 1),
                     )
                     train_it = trainer.batches(w_half, batch_size, gen_w, augment)
-                    val_it = trainer.batches(a_half, batch_size, gen_a, augment)
-                    for (xt, yt), (xv, yv) in zip(train_it, val_it):
+                    pairs: Iterable[
+                        tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                    ]
+                    if weights_only:  # no validation batch is drawn; the step gets the training one twice
+                        pairs = ((b, b) for b in train_it)
+                    else:
+                        pairs = zip(train_it, trainer.batches(a_half, batch_size, gen_a, augment))
+                    for (xt, yt), (xv, yv) in pairs:
                         loss, c = stepper.step(xt, yt, xv, yv, arch_step=arch_steps)
                         loss_sum += loss * yt.numel()
                         correct += c

@@ -52,6 +52,8 @@ class UniformSampling:
         score_batch_size: the scoring batches' size; ``None``: ``search.batch_size``.
     """
 
+    reads_val_batches = False  # the weight steps train the sampled cell on the training batch alone
+
     def __init__(
         self,
         candidates: int = 10,  # nasrun's choice: the reference scores no cell per epoch; 10 record each epoch's

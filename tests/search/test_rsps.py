@@ -12,7 +12,7 @@ from scipy.stats import chisquare
 
 from nasrun import UserError
 from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.rsps import UniformSampling, uniform_choices
+from nasrun.search.rsps import UniformSampling, UniformStepper, uniform_choices
 from nasrun.search.sampled_edges import SampledEdge
 from nasrun.search.steppers import EpochData
 from nasrun.train.trainer import Trainer
@@ -167,6 +167,33 @@ def test_an_rsps_search_derives_from_samples_on_both_spaces(tmp_path: Path) -> N
         )
         result = search.run(tiny_ctx(tmp_path / space_name, space))
         space.validate(result.genotype)
+
+
+def test_an_epoch_passes_over_the_whole_weights_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The references train the shared weights on their whole training split each epoch (AutoDL
+    RANDOM-NAS.py:34-36, ENAS.py:49; enas data_utils.py:51-56 gives it 45,000 of 50,000 images):
+    with an uneven split, no step is cut to the other share's length, and no validation batch is drawn."""
+    sizes: list[tuple[int, bool]] = []
+    step = UniformStepper.step
+
+    def counted(self, xt, yt, xv, yv, arch_step=True):  # noqa: ANN001, ANN202
+        sizes.append((int(yt.numel()), xv is xt))
+        return step(self, xt, yt, xv, yv, arch_step)
+
+    monkeypatch.setattr(UniformStepper, "step", counted)
+    space = tiny_space("nb201")
+    update = UniformSampling(2, final_candidates=2, score_batches=1, rescore_top=0)
+    search = OneShotSearch(
+        space, seed=1, epochs=1, batch_size=64, train_portion=0.8, edge=SampledEdge, update=update
+    )
+    ctx = tiny_ctx(tmp_path, space)
+    assert ctx.data is not None
+    search.run(ctx)
+    w_share, a_share = search.split(ctx.data.train)
+    assert sum(n for n, _ in sizes) == len(w_share) > 3 * len(a_share)
+    assert all(same for _, same in sizes)
 
 
 def test_bad_rsps_settings_are_one_line() -> None:

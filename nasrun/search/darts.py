@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from nasrun import UserError
 from nasrun.train.runtime import NonFiniteLossError, cross_entropy
 from nasrun.train.trainer import Trainer
 
@@ -39,6 +40,38 @@ def buffers_restored(module: nn.Module) -> Iterator[None]:
             torch._foreach_copy_(buffers, saved)
 
 
+def weight_schedule(
+    optimizer: torch.optim.Optimizer,
+    kind: str,
+    epochs: int,
+    lr_min: float,
+    period: int | None = None,
+    period_mul: int = 1,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The weights' learning-rate schedule, stepped once per epoch.
+
+    Args:
+        optimizer: the weights' optimiser (its lr is the schedule's top).
+        kind: ``cosine``: ``lr_min + (lr - lr_min) (1 + cos(pi e / period)) / 2`` at epoch ``e``
+            (``period`` = the search's epochs: DARTS's single decay; a shorter one swings back up
+            after ``period`` epochs, as the cosine continues); ``cosine_restarts``: SGDR (Loshchilov
+            & Hutter 2017), a cosine over ``period`` epochs that restarts at the top, each period
+            ``period_mul`` times the one before.
+        epochs: the search's (stage's) epochs.
+        lr_min: the schedule's floor.
+        period: see ``kind``; ``None``: ``epochs``.
+        period_mul: ``cosine_restarts`` only.
+    """
+    T = period if period is not None else epochs
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=T, eta_min=lr_min)
+    if kind == "cosine_restarts":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=T, T_mult=period_mul, eta_min=lr_min
+        )
+    raise UserError(f"search.lr_schedule={kind!r}: must be cosine or cosine_restarts")
+
+
 class DartsStepper:
     """One DARTS search step (architecture step, then weight step) on a supernet.
 
@@ -56,6 +89,9 @@ class DartsStepper:
         unrolled_eps: finite-difference step of the second-order Hessian-vector product, relative
             to the norm of the direction.
         epochs: length of the cosine schedule.
+        nesterov: Nesterov momentum for the weights' SGD.
+        lr_schedule, lr_period, lr_period_mul: the weights' schedule, stepped once per epoch
+            (``weight_schedule``).
     """
 
     def __init__(
@@ -75,6 +111,10 @@ class DartsStepper:
         arch_weight_decay: float,
         arch_grad_clip: float,
         unrolled_eps: float,
+        nesterov: bool = False,
+        lr_schedule: str = "cosine",
+        lr_period: int | None = None,
+        lr_period_mul: int = 1,
     ):
         self.module = supernet
         self.unrolled_eps = unrolled_eps
@@ -93,9 +133,14 @@ class DartsStepper:
         # foreach: one multi-tensor kernel per update term over all weights (PyTorch picks it by
         # itself only on GPUs; on the CPU it saves a Python loop over hundreds of small tensors).
         self.w_opt = torch.optim.SGD(
-            self.weights, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True
+            self.weights,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            foreach=True,
         )
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=epochs, eta_min=lr_min)
+        self.sched = weight_schedule(self.w_opt, lr_schedule, epochs, lr_min, lr_period, lr_period_mul)
         betas = (float(arch_betas[0]), float(arch_betas[1]))
         self.a_opt = torch.optim.Adam(self.alphas, lr=arch_lr, betas=betas, weight_decay=arch_weight_decay)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,7 +285,11 @@ class OneShotSearch:
             (DARTS+), or ``None``. Warm-up epochs are not checked: their cell is the initial one.
         batch_size, train_portion: the batches, and the share of the training images that trains
             the weights (the rest trains the architecture).
-        lr, lr_min, momentum, weight_decay, grad_clip: the weights' SGD and cosine schedule.
+        lr, lr_min, momentum, weight_decay, grad_clip, nesterov: the weights' SGD.
+        lr_schedule, lr_period, lr_period_mul: the weights' schedule from ``lr`` to ``lr_min``,
+            stepped once per epoch: ``cosine`` over ``lr_period`` epochs (``None``: all of them;
+            a shorter period swings back up), or ``cosine_restarts`` (SGDR: back to ``lr`` after
+            ``lr_period`` epochs, each period ``lr_period_mul`` times the last).
         arch_lr, arch_betas, arch_weight_decay: the architecture's Adam.
         arch_grad_clip: the architecture gradient's norm is clipped at this (P-DARTS); 0: not.
         unrolled_eps: the finite-difference step of the second-order gradient.
@@ -325,6 +329,10 @@ class OneShotSearch:
         momentum: float = 0.9,  # DARTS: SGD momentum 0.9
         weight_decay: float = 3e-4,  # DARTS: weight decay 3e-4
         grad_clip: float = 5.0,  # DARTS: gradient norm clipped at 5
+        nesterov: bool = False,  # DARTS: plain momentum (AutoDL's NAS-Bench-201 recipes: Nesterov)
+        lr_schedule: str = "cosine",  # DARTS: one cosine decay over the epochs (ENAS: cosine_restarts)
+        lr_period: int | None = None,  # DARTS: None, one cosine over the epochs (ENAS: 10)
+        lr_period_mul: int = 1,  # cosine_restarts: each period this times the last (ENAS: 2)
         arch_lr: float = 3e-4,  # DARTS: architecture Adam lr 3e-4
         arch_betas: Sequence[float] = (0.5, 0.999),  # DARTS: Adam betas (0.5, 0.999)
         arch_weight_decay: float = 1e-3,  # DARTS: architecture weight decay 1e-3
@@ -354,6 +362,14 @@ class OneShotSearch:
             raise UserError(f"search.train_portion={train_portion}: must be in (0, 1)")
         if arch_grad_clip < 0:
             raise UserError(f"search.arch_grad_clip={arch_grad_clip}: must be >= 0 (0: no clipping)")
+        if lr_schedule not in ("cosine", "cosine_restarts"):
+            raise UserError(f"search.lr_schedule={lr_schedule!r}: must be cosine or cosine_restarts")
+        if lr_period is not None and lr_period < 1:
+            raise UserError(f"search.lr_period={lr_period}: must be >= 1 (or null: the search's epochs)")
+        if lr_period_mul < 1:
+            raise UserError(f"search.lr_period_mul={lr_period_mul}: must be >= 1")
+        if nesterov and not momentum > 0:
+            raise UserError(f"search.nesterov=true needs search.momentum > 0, got {momentum}")
         if len(arch_betas) != 2:
             raise UserError(f"search.arch_betas={list(arch_betas)}: needs two values")
         if not isinstance(space, OneShotSpace):
@@ -388,6 +404,10 @@ class OneShotSearch:
             momentum=momentum,
             weight_decay=weight_decay,
             grad_clip=grad_clip,
+            nesterov=nesterov,
+            lr_schedule=lr_schedule,
+            lr_period=lr_period,
+            lr_period_mul=lr_period_mul,
             arch_lr=arch_lr,
             arch_betas=arch_betas,
             arch_weight_decay=arch_weight_decay,
@@ -518,9 +538,15 @@ class OneShotSearch:
         log = HistoryLog(
             ctx.run_dir / "history.jsonl", records, [trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks]
         )
-        n_half = min(len(w_half), len(a_half))  # zip stops at the shorter half
+        # A method whose steps read no validation batch (RSPS, ENAS: ``reads_val_batches = False``)
+        # passes over the weights' whole share; the others zip the halves, stopping at the shorter.
+        weights_only = getattr(self.update, "reads_val_batches", True) is False
+        n_half = len(w_half) if weights_only else min(len(w_half), len(a_half))
         batch_size = clamp_batch_size(
-            self.batch_size, n_half, "search.batch_size", "images in each half of the search data"
+            self.batch_size,
+            n_half,
+            "search.batch_size",
+            "images in the weights' share" if weights_only else "images in each half of the search data",
         )
         steps = -(-n_half // batch_size)
         console = get_console()
@@ -559,8 +585,14 @@ class OneShotSearch:
                         epoch_generator(self.seed, done - 1, 1),
                     )
                     train_it = trainer.batches(w_half, batch_size, gen_w, augment)
-                    val_it = trainer.batches(a_half, batch_size, gen_a, augment)
-                    for (xt, yt), (xv, yv) in zip(train_it, val_it):
+                    pairs: Iterable[
+                        tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                    ]
+                    if weights_only:  # no validation batch is drawn; the step gets the training one twice
+                        pairs = ((b, b) for b in train_it)
+                    else:
+                        pairs = zip(train_it, trainer.batches(a_half, batch_size, gen_a, augment))
+                    for (xt, yt), (xv, yv) in pairs:
                         loss, c = stepper.step(xt, yt, xv, yv, arch_step=arch_steps)
                         loss_sum += loss * yt.numel()
                         correct += c
@@ -582,6 +614,7 @@ class OneShotSearch:
                             epoch=done - 1,
                             augment=augment,
                             status=status,
+                            last=done == self.epochs,
                         )
                         extra = stepper.end_epoch(epoch_data, arch_steps)
                         derived = stepper.derive(epoch_data)  # the network then runs the derived cell

@@ -16,7 +16,7 @@ is their common part.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -40,6 +40,7 @@ Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 CONTROLLER_STREAM = 2  # ENAS's controller phase: its validation batches
 SCORE_STREAM = 3  # the validation batches that score candidate cells
 CANDIDATE_STREAM = 4  # the draws of the candidate cells
+RESCORE_STREAM = 5  # the pass over the validation split that scores the best candidates again
 
 
 class ArchUpdate(Protocol):
@@ -69,6 +70,7 @@ class EpochData:
         epoch: the epoch, counted from 0 over the whole search.
         augment: the data set's training augmentation.
         status: shows a short status text in the search's progress bar.
+        last: this is the search's last epoch.
     """
 
     split: TensorSplit
@@ -78,22 +80,27 @@ class EpochData:
     epoch: int
     augment: Any
     status: Callable[[str], None]
+    last: bool = False
 
     def generator(self, stream: int) -> torch.Generator:
         """A CPU generator for ``stream`` of this epoch (streams 0 and 1 shuffle the epoch's steps)."""
         return epoch_generator(self.seed, self.epoch, stream)
 
-    def batches(self, stream: int, augment: bool = True) -> Batches:
-        """One pass over the split, shuffled by ``stream``."""
+    def batches(self, stream: int, augment: bool = True, batch_size: int | None = None) -> Batches:
+        """One pass over the split, shuffled by ``stream`` (``batch_size``: default the search's)."""
         return self.runtime.batches(
-            self.split, self.batch_size, self.generator(stream), self.augment if augment else None
+            self.split,
+            batch_size or self.batch_size,
+            self.generator(stream),
+            self.augment if augment else None,
         )
 
-    def endless(self, stream: int) -> Batches:
-        """Pass after pass over the split (augmented), shuffled anew each pass from ``stream``."""
+    def endless(self, stream: int, augment: bool = True, batch_size: int | None = None) -> Batches:
+        """Pass after pass over the split, shuffled anew each pass from ``stream``."""
         gen = self.generator(stream)
+        size = batch_size or self.batch_size
         while True:
-            yield from self.runtime.batches(self.split, self.batch_size, gen, self.augment)
+            yield from self.runtime.batches(self.split, size, gen, self.augment if augment else None)
 
 
 @runtime_checkable
@@ -140,10 +147,14 @@ class CellSamplingStepper(DartsStepper):
     """Weight steps on one sampled cell per batch; the epoch's cell is the best of sampled candidates.
 
     Every training batch runs one cell drawn by ``propose`` (the supernet's ``SampledEdge`` edges
-    compute only its ops). After the epoch, ``candidates`` cells are drawn, each scored by its
-    accuracy with the shared weights on the same ``score_batches`` validation batches, and the
-    best (the first of equals) is the epoch's cell. Scoring runs BatchNorm on the batch's
-    statistics, as in training, and leaves the running statistics untouched.
+    compute only its ops). After the epoch, ``candidates`` cells are drawn (``final_candidates``
+    after the search's last epoch), each scored by its accuracy with the shared weights on its own
+    ``score_batches`` fresh validation batches, as the references' random-NAS and ENAS do (each
+    candidate takes the loader's next batch); the best (the first of equals) is the epoch's cell.
+
+    ``score_bn``: ``eval`` runs BatchNorm on its running statistics (the references call
+    ``network.eval()`` before scoring); ``train`` on each batch's own statistics, leaving the
+    running statistics untouched.
 
     Args:
         supernet: the ``OneShotNetwork`` (its space must be a ``SampledSpace``).
@@ -151,6 +162,12 @@ class CellSamplingStepper(DartsStepper):
         candidates: cells drawn to derive the epoch's cell.
         score_batches: validation batches each candidate is scored on.
         seed: seeds the sampling of the training cells.
+        final_candidates: cells drawn after the last epoch; ``None``: ``candidates``.
+        rescore_top: after the last epoch, the best this many are scored again on one pass over
+            the whole validation split, and the best of that round is the result (RSPS); 0: none.
+        score_bn: ``eval`` or ``train``, BatchNorm's mode while scoring.
+        score_augment: augment the scoring batches as the training batches.
+        score_batch_size: the scoring batches' size; ``None``: the search's.
         **darts: ``DartsStepper``'s arguments (the weight optimiser and schedule).
     """
 
@@ -162,6 +179,11 @@ class CellSamplingStepper(DartsStepper):
         candidates: int,
         score_batches: int,
         seed: int,
+        final_candidates: int | None = None,
+        rescore_top: int = 0,
+        score_bn: str = "eval",
+        score_augment: bool = False,
+        score_batch_size: int | None = None,
         **darts: Any,
     ) -> None:
         super().__init__(supernet, trainer, **darts)
@@ -170,7 +192,12 @@ class CellSamplingStepper(DartsStepper):
         self.space: SampledSpace = supernet.space
         self.sizes = self.space.decisions()
         self.candidates = candidates
+        self.final_candidates = final_candidates if final_candidates is not None else candidates
         self.score_batches = score_batches
+        self.rescore_top = rescore_top
+        self.score_bn = score_bn
+        self.score_augment = score_augment
+        self.score_batch_size = score_batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.device = next(supernet.parameters()).device
 
@@ -198,11 +225,20 @@ class CellSamplingStepper(DartsStepper):
         return self.weight_step(x_train, y_train)
 
     @torch.no_grad()
-    def accuracy(self, choices: tuple[int, ...], batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-        """The fraction of ``batches`` that ``choices``'s cell classifies right with the shared weights."""
+    def accuracy(
+        self,
+        choices: tuple[int, ...],
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        bn: str | None = None,
+    ) -> float:
+        """The fraction of ``batches`` that ``choices``'s cell classifies right with the shared weights.
+
+        ``bn``: BatchNorm's mode, ``eval`` (running statistics) or ``train`` (each batch's own; the
+        running statistics are put back after); ``None``: ``score_bn``.
+        """
         self.use(choices)
         was_training = self.module.training
-        self.module.train()  # BatchNorm uses the batch's statistics; its own are put back after
+        self.module.train((bn or self.score_bn) == "train")
         correct, n = 0, 0
         with buffers_restored(self.module):
             for x, y in batches:
@@ -217,19 +253,27 @@ class CellSamplingStepper(DartsStepper):
         return {}
 
     def derive(self, data: EpochData) -> Genotype:
-        """The best of ``candidates`` drawn cells on the epoch's first ``score_batches`` validation batches."""
-        batches = list(itertools.islice(data.batches(SCORE_STREAM, augment=False), self.score_batches))
+        """The best of the drawn cells, each scored on its own next ``score_batches`` validation batches."""
+        batches = data.endless(SCORE_STREAM, augment=self.score_augment, batch_size=self.score_batch_size)
         gen = data.generator(CANDIDATE_STREAM)
-        best: tuple[float, tuple[int, ...]] | None = None
-        for i in range(self.candidates):
+        n = self.final_candidates if data.last else self.candidates
+        scored: list[tuple[float, tuple[int, ...]]] = []
+        for i in range(n):
             choices = self.propose(gen)
-            acc = self.accuracy(choices, batches)
-            if best is None or acc > best[0]:
-                best = (acc, choices)
+            scored.append(
+                (self.accuracy(choices, list(itertools.islice(batches, self.score_batches))), choices)
+            )
             if i % 10 == 0:
-                data.status(f"scoring cell {i + 1}/{self.candidates}")
-        assert best is not None
-        return self.use(best[1])  # the epoch's evaluation runs the chosen cell
+                data.status(f"scoring cell {i + 1}/{n}")
+        ranked = sorted(scored, key=lambda s: -s[0])  # stable: the first of equals stays first
+        if data.last and self.rescore_top > 0:
+            top = [c for _, c in ranked[: self.rescore_top]]
+            full = [
+                self.accuracy(c, data.batches(RESCORE_STREAM, self.score_augment, self.score_batch_size))
+                for c in top
+            ]
+            return self.use(top[max(range(len(top)), key=lambda k: (full[k], -k))])
+        return self.use(ranked[0][1])  # the epoch's evaluation runs the chosen cell
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "cell_generator": self.generator.get_state()}

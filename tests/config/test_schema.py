@@ -68,7 +68,12 @@ CASES: list[tuple[str, str, type, list[str]]] = [
     ("search=gdas", "", schema.GumbelMaxSTConfig, ["search.sampler.tau_start=hot"]),
     ("search=snas", "", schema.SingleLevelConfig, ["search.update.cost_weight=x"]),
     ("search=rsps", "", schema.UniformSamplingConfig, ["search.update.candidates=1.5"]),
-    ("search=enas", "", schema.ReinforceControllerConfig, ["search.update.hidden=x", "search.update.lr=[1]"]),
+    (
+        "search=enas",
+        "",
+        schema.ReinforceControllerConfig,
+        ["search.update.lstm_size=x", "search.update.lr=[1]"],
+    ),
 ]
 
 
@@ -161,6 +166,9 @@ def test_no_config_file_restates_a_default(path: Path) -> None:
         base = OmegaConf.merge(
             _plain(OmegaConf.structured(schema.NasrunConfig)), base, _inherited(rel.parts[0], entries)
         )
+    elif rel.parts[0] == "search_recipe":  # <search>_<space>.yaml: over that search option's values
+        space = next(sp.stem for sp in (root / "space").glob("*.yaml") if path.stem.endswith(f"_{sp.stem}"))
+        base = _option_values("search", path.stem.removesuffix(f"_{space}"))
     elif rel.parts[0] == "experiment_overrides":
         group, option = rel.parts[1], path.stem.split("_", 1)[1]
         base = _option_values(group, option)

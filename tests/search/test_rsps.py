@@ -12,7 +12,7 @@ from scipy.stats import chisquare
 
 from nasrun import UserError
 from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.rsps import UniformSampling, uniform_choices
+from nasrun.search.rsps import UniformSampling, UniformStepper, uniform_choices
 from nasrun.search.sampled_edges import SampledEdge
 from nasrun.search.steppers import EpochData
 from nasrun.train.trainer import Trainer
@@ -79,7 +79,7 @@ def test_derivation_keeps_the_best_scored_candidate_and_scoring_leaves_the_stati
     assert all(torch.equal(b, buffers[n]) for n, b in stepper.module.named_buffers())
     scored: list[tuple[int, ...]] = []
 
-    def score(choices: tuple[int, ...], batches: list) -> float:
+    def score(choices: tuple[int, ...], batches: list, bn: str | None = None) -> float:
         assert len(batches) == 2
         scored.append(choices)
         return float(choices.count(3))  # a toy score: how many edges take nor_conv_3x3
@@ -92,14 +92,108 @@ def test_derivation_keeps_the_best_scored_candidate_and_scoring_leaves_the_stati
     assert torch.equal(stepper.module.fixed["normal"], stepper.space.genotype_weights(genotype)["normal"])
 
 
+def _data(tmp_path: Path, last: bool = False) -> EpochData:
+    ctx = tiny_ctx(tmp_path, tiny_space("nb201"))
+    assert ctx.data is not None
+    return EpochData(
+        ctx.data.train,
+        16,
+        Trainer(device="cpu"),
+        seed=0,
+        epoch=0,
+        augment=None,
+        status=lambda _: None,
+        last=last,
+    )
+
+
+@pytest.mark.parametrize("bn", ["eval", "train"])
+def test_each_candidate_is_scored_on_a_fresh_batch_in_the_chosen_bn_mode(tmp_path: Path, bn: str) -> None:
+    """The references' random-NAS: network.eval(), then each candidate on the loader's next batch
+    (AutoDL RANDOM-NAS.py:107-127; randomNAS_release darts_wrapper_discrete.py:190-203)."""
+    stepper = stepper_of(_rsps("nb201", candidates=6, score_batches=1, score_bn=bn))
+    norm = next(m for m in stepper.module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen: list[tuple[bool, float]] = []
+    hook = norm.register_forward_pre_hook(lambda m, args: seen.append((m.training, float(args[0].sum()))))
+    buffers = {n: b.clone() for n, b in stepper.module.named_buffers()}
+    stepper.module.train()
+    stepper.derive(_data(tmp_path))
+    hook.remove()
+    # 6 candidate passes, then the chosen cell is set (no pass); every one in the mode asked for.
+    assert len(seen) == 6 and {t for t, _ in seen} == {bn == "train"}
+    assert len({round(x, 3) for _, x in seen}) == 6  # six different batches
+    assert stepper.module.training  # the mode is put back
+    assert all(torch.equal(b, buffers[n]) for n, b in stepper.module.named_buffers())
+
+
+def test_the_last_epoch_scores_the_final_candidates_and_rescores_the_best(tmp_path: Path) -> None:
+    """randomNAS_release random_weight_share.py:90-112: many cells on a few batches, the best 10 on the
+    whole validation split, the best of those wins."""
+    stepper = stepper_of(_rsps("nb201", candidates=2, final_candidates=12, rescore_top=3))
+    data = _data(tmp_path, last=True)
+    quick: dict[tuple[int, ...], float] = {}
+    full: dict[tuple[int, ...], float] = {}
+
+    def score(choices: tuple[int, ...], batches, bn=None) -> float:
+        n = sum(int(y.numel()) for _, y in batches)
+        if n == len(data.split):  # the second round: one pass over the split
+            full[choices] = float(choices[1])  # a toy score that disagrees with the first round's
+            return full[choices]
+        quick[choices] = float(choices.count(3))
+        return quick[choices]
+
+    stepper.accuracy = score  # type: ignore[method-assign]
+    genotype = stepper.derive(data)
+    assert len(quick) == 12 and len(full) == 3
+    top3 = sorted(quick, key=lambda c: -quick[c])[:3]
+    assert set(full) == set(top3)
+    assert stepper.space.encode(genotype) == list(max(top3, key=lambda c: full[c]))
+    data.last = False
+    quick.clear()
+    stepper.derive(data)
+    assert len(quick) == 2  # other epochs: search.update.candidates
+
+
 def test_an_rsps_search_derives_from_samples_on_both_spaces(tmp_path: Path) -> None:
     for space_name in ("nb201", "cifar_cell"):
         space = tiny_space(space_name)
         search = OneShotSearch(
-            space, seed=1, epochs=1, batch_size=256, edge=SampledEdge, update=UniformSampling(3)
+            space,
+            seed=1,
+            epochs=1,
+            batch_size=256,
+            edge=SampledEdge,
+            update=UniformSampling(3, final_candidates=3, score_batches=1, rescore_top=2),
         )
         result = search.run(tiny_ctx(tmp_path / space_name, space))
         space.validate(result.genotype)
+
+
+def test_an_epoch_passes_over_the_whole_weights_share(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The references train the shared weights on their whole training split each epoch (AutoDL
+    RANDOM-NAS.py:34-36, ENAS.py:49; enas data_utils.py:51-56 gives it 45,000 of 50,000 images):
+    with an uneven split, no step is cut to the other share's length, and no validation batch is drawn."""
+    sizes: list[tuple[int, bool]] = []
+    step = UniformStepper.step
+
+    def counted(self, xt, yt, xv, yv, arch_step=True):  # noqa: ANN001, ANN202
+        sizes.append((int(yt.numel()), xv is xt))
+        return step(self, xt, yt, xv, yv, arch_step)
+
+    monkeypatch.setattr(UniformStepper, "step", counted)
+    space = tiny_space("nb201")
+    update = UniformSampling(2, final_candidates=2, score_batches=1, rescore_top=0)
+    search = OneShotSearch(
+        space, seed=1, epochs=1, batch_size=64, train_portion=0.8, edge=SampledEdge, update=update
+    )
+    ctx = tiny_ctx(tmp_path, space)
+    assert ctx.data is not None
+    search.run(ctx)
+    w_share, a_share = search.split(ctx.data.train)
+    assert sum(n for n, _ in sizes) == len(w_share) > 3 * len(a_share)
+    assert all(same for _, same in sizes)
 
 
 def test_bad_rsps_settings_are_one_line() -> None:
@@ -107,5 +201,7 @@ def test_bad_rsps_settings_are_one_line() -> None:
         UniformSampling(candidates=0)
     with pytest.raises(UserError, match=r"search.update.score_batches=0: must be >= 1"):
         UniformSampling(score_batches=0)
+    with pytest.raises(UserError, match=r"search.update.score_bn='none': must be eval or train"):
+        UniformSampling(score_bn="none")
     with pytest.raises(UserError, match=r"search.order=2: search=rsps takes no unrolled"):
         OneShotSearch(tiny_space("nb201"), order=2, update=UniformSampling())

@@ -26,6 +26,7 @@ from omegaconf.errors import MissingMandatoryValue
 from nasrun import UserError
 from nasrun.config import config_dir, register_configs
 from nasrun.config.run_guard import holds_checkpoints, undo_refused_run
+from nasrun.config.space_choice import space_from_genotype
 
 
 def _user_error(exc: BaseException) -> Exception | None:
@@ -169,6 +170,14 @@ def main() -> None:
 
     # Lets users type `hydra.sweeper.params.trainer.lr=tag(log, interval(1e-4, 0.3))` unquoted.
     sys.argv[1:] = prepare_sweeper_args(sys.argv[1:])
+    # The space of a retrained genotype.json, when the user chose none: before Hydra composes.
+    try:
+        sys.argv[1:], note = space_from_genotype(sys.argv[1:])
+    except UserError as e:
+        print(f"nasrun: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if note:
+        print(f"nasrun: {note}", file=sys.stderr)  # stderr: `--cfg job` prints YAML on stdout
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         task()  # the user asked for Hydra's full stack traces
         return

@@ -184,6 +184,7 @@ class PhaseClock:
         self.phase = phase
         earlier = read_phase_times(self.path).get(phase, 0.0) if resume else 0.0
         self._start = time.perf_counter() - earlier
+        self._recorded = False
         _CLOCKS[self.path.parent.resolve()] = self
 
     def elapsed(self) -> float:
@@ -194,18 +195,20 @@ class PhaseClock:
         """Write the phase's time (default: so far) into ``wall_s.json``, keeping the other phases'."""
         seconds = self.elapsed() if seconds is None else seconds
         write_json_atomic(self.path, {**read_phase_times(self.path), self.phase: seconds})
+        self._recorded = True
 
     def stop(self) -> float:
         """Stop the clock; record its time where the phase checkpoints; returns the phase's seconds.
 
         The final time is recorded so that a resume of a later phase keeps it; a phase that
-        saved no checkpoint has no folder for it and records nothing.
+        saved no checkpoint (now or before a resume) records nothing, so that the folder does
+        not look resumable for it.
         """
         key = self.path.parent.resolve()
         if _CLOCKS.get(key) is self:
             del _CLOCKS[key]
         seconds = self.elapsed()
-        if self.path.parent.is_dir():
+        if self._recorded or self.phase in read_phase_times(self.path):
             self.record(seconds)
         return seconds
 

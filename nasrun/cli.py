@@ -4,7 +4,12 @@ User mistakes print as one line without a traceback and exit with status 2: a ``
 required config value left at ``???``, and the config errors Hydra finds while composing (an
 unknown key, a value of the wrong type, a missing config file, a malformed override). In a
 multirun a job's error is re-raised so that the sweeper records the trial as failed and goes on.
-Anything else (a bug) keeps its traceback.
+Anything else (a bug) keeps its traceback. A single run refused before any work leaves no run
+folder behind (``run_guard.undo_refused_run``).
+
+Before Hydra sees the command line, ``main`` rewrites it where the user's intent needs it: the
+sweeper's search spaces (``prepare_sweeper_args``) and the space of a retrained genotype file
+(``space_from_genotype``).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 A ``genotype.json`` records the search space it belongs to (``"space": "nb201"``), but the space
 selects config files of its own (``space=`` and, through ``retrain: ${space}``, the retraining
 recipe), so it must be known before Hydra composes the config. ``space_from_genotype`` therefore
-reads the ``genotype_path=`` override of a ``task=retrain`` command line and adds ``space=<the file's space>``
-to it; composed that way, ``--cfg job``, ``.hydra/overrides.yaml`` and a resume all see the space
-the run uses. A ``space=`` the user typed is kept, and refused if it contradicts the file.
+reads the ``genotype_path=`` override of a ``task=retrain`` command line and adds ``space=SPACE``
+(the file's space) to it; composed that way, ``--cfg job``, ``.hydra/overrides.yaml`` and a resume
+all see the space the run uses. A ``space=`` the user typed is kept, and refused if it contradicts
+the file.
 
 Only what can be read with certainty is acted on: a file that is missing, not JSON, without a
 ``space`` or naming a space with no ``conf/space/`` file is left to the run, which reports it.

@@ -4,17 +4,24 @@ User mistakes print as one line without a traceback and exit with status 2: a ``
 required config value left at ``???``, and the config errors Hydra finds while composing (an
 unknown key, a value of the wrong type, a missing config file, a malformed override). In a
 multirun a job's error is re-raised so that the sweeper records the trial as failed and goes on.
-Anything else (a bug) keeps its traceback.
+Anything else (a bug) keeps its traceback. A single run refused before any work leaves no run
+folder behind (``run_guard.undo_refused_run``).
+
+Before Hydra sees the command line, ``main`` rewrites it where the user's intent needs it: the
+sweeper's search spaces (``prepare_sweeper_args``) and the space of a retrained genotype file
+(``space_from_genotype``).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException, MissingConfigException, OverrideParseException
 from hydra.types import RunMode
@@ -23,7 +30,8 @@ from omegaconf.errors import MissingMandatoryValue
 
 from nasrun import UserError
 from nasrun.config import config_dir, register_configs
-from nasrun.config.run_guard import holds_checkpoints
+from nasrun.config.run_guard import holds_checkpoints, undo_refused_run
+from nasrun.config.space_choice import space_from_genotype
 
 
 def _user_error(exc: BaseException) -> Exception | None:
@@ -48,8 +56,7 @@ def _message(exc: BaseException) -> str | None:
 def _one_line(exc: BaseException) -> str:
     """A Hydra or OmegaConf error message (several lines, often with a cause) as one line."""
     if isinstance(exc, MissingConfigException) and exc.options:
-        # The message goes on to list the options and the config search path, over many lines.
-        return f"{str(exc).strip().splitlines()[0]}; options: {', '.join(exc.options)}"
+        return _unknown_option(exc)
     parts: list[str] = []
     if isinstance(exc, OverrideParseException):
         parts.append(f"{exc.override}:")
@@ -69,6 +76,34 @@ def _one_line(exc: BaseException) -> str:
             parts.append(" ".join(lines) + (";" if cur.__cause__ is not None else ""))
         cur = cur.__cause__
     return " ".join(parts).rstrip(";")
+
+
+_NOT_FOUND = re.compile(r"(?:In '([^']+)': )?Could not find '([^']+)/([^'/]+)'")
+
+
+def _unknown_option(exc: MissingConfigException) -> str:
+    """``group=name: no such option`` with the options a user can choose, for an unknown option.
+
+    Hydra's message goes on over many lines (the options, the config search path), and its options
+    include the ConfigStore's ``*_schema`` entries, which type-check a group but are no choice.
+    """
+    first = str(exc).strip().splitlines()[0]
+    match = _NOT_FOUND.match(first)
+    if match is None:
+        return f"{first}; options: {', '.join(exc.options or [])}"
+    where, group, name = match.groups()
+    options = [o for o in exc.options or [] if not (o.endswith("_schema") and o in _stored(group))]
+    # Named in a config file rather than on the command line (or conf/config.yaml): say which file.
+    origin = f"{where}: " if where not in (None, "config", "hydra/config") else ""
+    return f"{origin}{group}={name}: no such option; options: {', '.join(options)}"
+
+
+def _stored(group: str) -> set[str]:
+    """The names of the ConfigStore's configs in ``group``."""
+    try:
+        return {n.removesuffix(".yaml") for n in ConfigStore.instance().list(group)}
+    except OSError:  # no such group in the store
+        return set()
 
 
 def config_groups() -> str:
@@ -129,6 +164,7 @@ def task(cfg: DictConfig) -> dict[str, float]:
     except Exception as e:
         if _user_error(e) is None or hc.mode == RunMode.MULTIRUN:
             raise
+        undo_refused_run(Path(hc.runtime.output_dir))  # refused before any work: no trace of it
         print(f"nasrun: error: {_message(e)}", file=sys.stderr)
         sys.exit(2)
 
@@ -139,6 +175,14 @@ def main() -> None:
 
     # Lets users type `hydra.sweeper.params.trainer.lr=tag(log, interval(1e-4, 0.3))` unquoted.
     sys.argv[1:] = prepare_sweeper_args(sys.argv[1:])
+    # The space of a retrained genotype.json, when the user chose none: before Hydra composes.
+    try:
+        sys.argv[1:], note = space_from_genotype(sys.argv[1:])
+    except UserError as e:
+        print(f"nasrun: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if note:
+        print(f"nasrun: {note}", file=sys.stderr)  # stderr: `--cfg job` prints YAML on stdout
     if os.environ.get("HYDRA_FULL_ERROR") == "1":
         task()  # the user asked for Hydra's full stack traces
         return

@@ -7,7 +7,6 @@ component is built (and its arguments checked) before any training starts.
 from __future__ import annotations
 
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from nasrun.config.run_guard import refuse_overwrite
 from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
 from nasrun.report.results import count_flops, count_params, print_summary
-from nasrun.run_folder import write_json_atomic
+from nasrun.run_folder import PhaseClock, write_json_atomic
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.space.genotype import Genotype, GenotypeError
 from nasrun.train.threads import apply_threads, hydra_launcher, launcher_jobs, resolve_threads
@@ -160,9 +159,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     # -- search ---------------------------------------------------------------------------------
     if strategy is not None:
-        t0 = time.perf_counter()
+        clock = PhaseClock(run_dir, "search", cfg.resume)  # counts the time before a resume too
         searched: SearchResult = strategy.run(ctx)
-        timings["search_s"] = time.perf_counter() - t0
+        timings["search_s"] = clock.stop()
         genotype = searched.genotype
         result.update(searched.metrics)
     else:
@@ -186,7 +185,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             raise UserError(f"retrain.network: {e} (space {space.name!r})") from None
         result["params"] = count_params(model)
         result["flops"] = count_flops(model, (1, data.in_channels, data.image_size, data.image_size))
-        t0 = time.perf_counter()
+        clock = PhaseClock(run_dir, "retrain", cfg.resume)
         metrics = trainer.fit(
             model,
             data,
@@ -200,7 +199,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             shorten_hint=_shorten_retrain_hint(cfg, net_cfg),
             sinks=report,
         )
-        timings["retrain_s"] = time.perf_counter() - t0
+        timings["retrain_s"] = clock.stop()
         result.update(
             {
                 # None without a validation split: the retrained network was never validated.

@@ -6,7 +6,8 @@ A run folder (``outputs/runs/DATE/TIME/`` or ``hydra.run.dir``; for a BoTorch sw
 - JSON results: ``genotype.json``, ``result.json`` (``write_json_atomic``);
 - per-step history logs: ``history.jsonl``, ``retrain_history.jsonl`` (``HistoryLog``);
 - checkpoints with every RNG state: ``checkpoints/search.pt``, ``checkpoints/retrain.pt``
-  (``save_checkpoint``, ``load_checkpoint``, ``rng_state``, ``set_rng_state``);
+  (``save_checkpoint``, ``load_checkpoint``, ``rng_state``, ``set_rng_state``), and the phases'
+  wall time up to them, ``checkpoints/wall_s.json`` (``PhaseClock``);
 - figures (``cells.png`` with its Graphviz text ``cells.dot``, ``convergence.png``) and the
   sweeper's files (``trials.txt``, ``optimization_results.yaml``, per-job return values)
   (``atomic_write``, ``write_text_atomic``).
@@ -214,6 +215,77 @@ def save_checkpoint(path: Path, state: dict[str, Any], durable: bool = True) -> 
     import torch
 
     atomic_write(path, lambda f: torch.save(state, f), fsync=durable)
+    clock = _CLOCKS.get(path.parent.resolve())
+    if clock is not None:
+        clock.record()  # after the checkpoint: the time recorded is never ahead of it
+
+
+#: The phases' wall time so far, seconds by phase (``{"search": 41.2}``), in the checkpoints' folder.
+PHASE_TIMES = "wall_s.json"
+
+#: The running ``PhaseClock`` of each checkpoints folder (resolved path).
+_CLOCKS: dict[Path, PhaseClock] = {}
+
+
+class PhaseClock:
+    """The wall time of one phase of a run (``search``, ``retrain``), counted across resumes.
+
+    While the clock runs, every checkpoint saved into ``run_dir/checkpoints/`` also records the
+    time the phase has taken so far in ``checkpoints/wall_s.json``, right after the checkpoint; a
+    resumed phase's clock starts from the time recorded there. So a resumed run reports the time
+    of the work its results come from: the work up to the last checkpoint, then the resumed
+    work. Work lost to the interruption (after the last checkpoint) is done again and counted
+    once. A kill between a checkpoint and its time record costs the record one checkpoint's worth.
+
+    Args:
+        run_dir: the run folder.
+        phase: the phase's name, the key in ``wall_s.json``.
+        resume: start from the recorded time (else from zero).
+    """
+
+    def __init__(self, run_dir: Path, phase: str, resume: bool) -> None:
+        self.path = run_dir / "checkpoints" / PHASE_TIMES
+        self.phase = phase
+        earlier = read_phase_times(self.path).get(phase, 0.0) if resume else 0.0
+        self._start = time.perf_counter() - earlier
+        self._recorded = False
+        _CLOCKS[self.path.parent.resolve()] = self
+
+    def elapsed(self) -> float:
+        """Seconds the phase has taken, earlier runs of it included."""
+        return time.perf_counter() - self._start
+
+    def record(self, seconds: float | None = None) -> None:
+        """Write the phase's time (default: so far) into ``wall_s.json``, keeping the other phases'."""
+        seconds = self.elapsed() if seconds is None else seconds
+        write_json_atomic(self.path, {**read_phase_times(self.path), self.phase: seconds})
+        self._recorded = True
+
+    def stop(self) -> float:
+        """Stop the clock; record its time where the phase checkpoints; returns the phase's seconds.
+
+        The final time is recorded so that a resume of a later phase keeps it; a phase that
+        saved no checkpoint (now or before a resume) records nothing, so that the folder does
+        not look resumable for it.
+        """
+        key = self.path.parent.resolve()
+        if _CLOCKS.get(key) is self:
+            del _CLOCKS[key]
+        seconds = self.elapsed()
+        if self._recorded or self.phase in read_phase_times(self.path):
+            self.record(seconds)
+        return seconds
+
+
+def read_phase_times(path: Path) -> dict[str, float]:
+    """The phase times a ``PhaseClock`` recorded in ``path``; ``{}`` if none can be read."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, int | float)}
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

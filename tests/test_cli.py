@@ -58,7 +58,11 @@ TABULAR = ["space=nb201", "evaluator=tabular", "seed=3"]
             ["search.populaton", "Evolution"],
         ),
         (["search=evolution"], ["Missing mandatory value: evaluator.table"]),
-        (["search=evolutoin", "evaluator.table=t.csv"], ["search/evolutoin", "options: ", "evolution"]),
+        (
+            ["search=evolutoin", "evaluator.table=t.csv"],
+            ["search=evolutoin: no such option; options: ", "evolution, gdas, p_darts"],
+        ),
+        (["search=evolution", "evaluator.table=t.csv", "data=digit"], ["data=digit: no such option"]),
     ],
 )
 def test_config_errors_print_one_line_and_exit_2(
@@ -68,7 +72,9 @@ def test_config_errors_print_one_line_and_exit_2(
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert lines[0].startswith("nasrun: error: ") and all(n in lines[0] for n in needles), lines[0]
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    # Only the options a user can choose: not the ConfigStore's schemas (bo_schema, cifar_schema...).
+    assert "_schema" not in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before any work: no run folder either
 
 
 def test_user_errors_print_one_line_without_traceback(cli, tmp_path: Path) -> None:
@@ -113,3 +119,36 @@ def test_retrain_task_with_named_genotype_writes_the_run_folder(cli, tmp_path: P
     # Running again into the same folder without resume=true must not overwrite it.
     proc = cli("task=retrain", "genotype=darts_v2", "experiment=smoke", "space.nodes=4", "hydra.run.dir=out")
     assert proc.returncode == 2 and "resume=true" in proc.stderr
+
+
+def test_p_darts_on_a_space_of_fixed_depth_says_what_the_user_chose(cli, tmp_path: Path) -> None:
+    proc = cli("search=p_darts", "space=nb201", "experiment=smoke")
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("nasrun: error: search=p_darts needs a space of variable depth"), lines[0]
+    assert "space=nb201 has a fixed depth" in lines[0]
+    # Refused before any work: the run folder Hydra had made (outputs/runs/DATE/TIME) is gone.
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_refused_run_leaves_a_folder_as_it_found_it(cli, tmp_path: Path) -> None:
+    """An empty folder stays empty; a folder that held a run keeps it, byte for byte."""
+    (tmp_path / "empty").mkdir()
+    proc = cli("task=retrain", "experiment=smoke", "hydra.run.dir=empty")
+    assert proc.returncode == 2 and "task=retrain needs genotype=NAME" in proc.stderr, proc.stderr
+    assert list((tmp_path / "empty").iterdir()) == []
+
+    tabular = [
+        "space=nb201",
+        "evaluator=tabular",
+        "evaluator.table=nb201_cifar10_12ep",
+        "search=random_search",
+    ]
+    run = tmp_path / "run"
+    proc = cli(*tabular, "search.budget=2", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    # A resume that the guard lets through (threads never change results) but the run refuses.
+    proc = cli(*tabular, "search.budget=2", "trainer.threads=-3", f"hydra.run.dir={run}", "resume=true")
+    assert proc.returncode == 2 and "trainer.threads" in proc.stderr, proc.stderr
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before

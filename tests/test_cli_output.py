@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import run_cli
 
@@ -68,16 +69,39 @@ def test_a_seed_out_of_range_is_one_line_naming_seed(cli, tmp_path: Path, seed: 
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_genotype_of_the_other_space_says_which_space_to_select(cli, tmp_path: Path) -> None:
+def _nb201_genotype(tmp_path: Path) -> Path:
+    """A genotype.json of space nb201, as an NB-201 search leaves it."""
     genotype = tmp_path / "genotype.json"
     edges = [["nor_conv_3x3", 0], ["nor_conv_3x3", 0], ["skip_connect", 1]]
     edges += [["skip_connect", 0], ["nor_conv_1x1", 1], ["nor_conv_3x3", 2]]
     genotype.write_text(json.dumps({"space": "nb201", "normal": edges, "normal_concat": [3]}))
+    return genotype
+
+
+def test_retrain_takes_the_space_from_the_genotype_file(cli, tmp_path: Path) -> None:
+    genotype = _nb201_genotype(tmp_path)
+    tiny = ["experiment=smoke", "data=synthetic", "data.n_train=64", "data.n_test=16"]
+    proc = cli("task=retrain", f"genotype_path={genotype}", *tiny, "hydra.run.dir=run")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [f"nasrun: space=nb201, as recorded in {genotype}"]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["space"] == "nb201" and result["task"] == "retrain"
+    # Recorded as if typed, so that a resume and nasrun-report see it.
+    assert "space=nb201" in (tmp_path / "run" / ".hydra" / "overrides.yaml").read_text()
+    # --cfg job shows it too, with the space's own retraining recipe (retrain: ${space}).
+    shown = cli("task=retrain", f"genotype_path={genotype}", "--cfg", "job")
+    assert shown.returncode == 0, shown.stderr
+    job = yaml.safe_load(shown.stdout)
+    assert job["space"]["_target_"].endswith("NB201Space") and "cells" in job["retrain"]["network"]
+
+
+def test_a_space_that_contradicts_the_genotype_file_is_refused_in_one_line(cli, tmp_path: Path) -> None:
+    genotype = _nb201_genotype(tmp_path)
     line = _one_error_line(
-        cli("task=retrain", f"genotype_path={genotype}", "experiment=smoke", "hydra.run.dir=run")
+        cli("task=retrain", f"genotype_path={genotype}", "space=cifar_cell", "experiment=smoke")
     )
-    assert str(genotype) in line and "belongs to space 'nb201', not 'cifar_cell'" in line
-    assert "space=nb201" in line
+    assert "space=cifar_cell" in line and str(genotype) in line and "'nb201'" in line
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_help_describes_nasrun_its_groups_and_where_results_go(cli) -> None:

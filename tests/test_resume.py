@@ -63,6 +63,8 @@ def test_sigkill_mid_search_and_mid_retrain_then_resume_matches_uninterrupted(tm
     proc = _start(run, tmp_path, "resume=true")
     _kill_when(proc, run / "retrain_history.jsonl", epochs=1)  # mid-retrain
     assert proc.returncode == -signal.SIGKILL
+    # The phases' time up to the kill: the whole search (two runs of it), the retraining's start.
+    before = json.loads((run / "checkpoints" / "wall_s.json").read_text())
 
     done = run_cli(*ARGS, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -70,6 +72,9 @@ def test_sigkill_mid_search_and_mid_retrain_then_resume_matches_uninterrupted(tm
     expected = json.loads((tmp_path / "ref" / "result.json").read_text())
     got = json.loads((run / "result.json").read_text())
     assert got["genotype"] == expected["genotype"]
+    # The result's wall time is the whole run's, not only the last resume's.
+    assert got["wall_s"]["search_s"] >= before["search"] > 0
+    assert got["wall_s"]["retrain_s"] >= before.get("retrain", 0.0)
     for key in ("search_val_acc", "val_acc", "test_acc", "train_acc"):
         assert got[key] == expected[key], key
     ref_hist = [json.loads(line) for line in (tmp_path / "ref" / "history.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +20,14 @@ import torch
 from nasrun import UserError
 from nasrun.run_folder import (
     PAUSE_AFTER_CHECKPOINT,
+    PHASE_TIMES,
     HistoryLog,
+    PhaseClock,
     atomic_write,
     load_checkpoint,
     python_rng_state,
     read_history,
+    read_phase_times,
     rng_state,
     save_checkpoint,
     set_python_rng_state,
@@ -222,3 +226,22 @@ def test_importing_the_module_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_phase_clock_counts_the_time_up_to_the_last_checkpoint_across_a_kill(tmp_path: Path) -> None:
+    times = tmp_path / "checkpoints" / PHASE_TIMES
+    search = PhaseClock(tmp_path, "search", resume=False)
+    time.sleep(0.05)
+    assert search.stop() >= 0.05
+    assert not times.exists()  # a phase that saved no checkpoint leaves no file: nothing to resume
+
+    clock = PhaseClock(tmp_path, "retrain", resume=False)
+    time.sleep(0.05)
+    save_checkpoint(tmp_path / "checkpoints" / "retrain.pt", {"epoch": 1})
+    recorded = read_phase_times(times)["retrain"]
+    assert recorded >= 0.05
+    time.sleep(0.05)  # work after the last checkpoint, lost to a kill: the clock is never stopped
+    assert clock.elapsed() >= recorded + 0.05
+    resumed = PhaseClock(tmp_path, "retrain", resume=True)
+    assert recorded <= resumed.elapsed() < recorded + 0.05
+    assert PhaseClock(tmp_path, "retrain", resume=False).elapsed() < 0.05  # a fresh run starts at zero

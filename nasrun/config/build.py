@@ -58,15 +58,24 @@ def _unexpected_key(exc: BaseException | None) -> str | None:
     return None
 
 
-def _option(group: str, node: DictConfig) -> str:
-    """``group=option`` as chosen on the command line when Hydra knows it, else the target."""
+def chosen(group: str) -> str | None:
+    """``group=option`` as chosen for this run (on the command line or by default), when Hydra runs it.
+
+    For messages that say what the user did (``search=p_darts``) rather than which key holds the
+    value that does not fit; ``None`` outside a Hydra run (tests, the Python API).
+    """
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         choice = HydraConfig.get().runtime.choices.get(group)
         if choice:
             return f"{group}={choice}"
-    return f"{group} ({node.get('_target_', '?')})"
+    return None
+
+
+def _option(group: str, node: DictConfig) -> str:
+    """``group=option`` as chosen when Hydra knows it, else the target."""
+    return chosen(group) or f"{group} ({node.get('_target_', '?')})"
 
 
 def _valid_keys(node: DictConfig, bad: str) -> list[str]:

@@ -16,12 +16,18 @@ Hydra callback (``hydra.callbacks`` in ``conf/config.yaml``) that runs first and
 Hydra's callbacks turn exceptions into warnings, so a refusal prints one line and exits with
 status 2 through ``SystemExit``. Single runs only: a sweep's jobs get fresh numbered folders, and
 the sweeper resumes its own trials.
+
+The guard also notes what the folder held (``FolderState``), so that a run the task refuses for
+bad input before any work leaves no trace: ``undo_refused_run`` removes the folder Hydra made for
+it, or restores the ``.hydra/`` of an earlier run in it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +178,84 @@ def check_run_folder(run_dir: Path, resume: bool, current: dict[str, Any]) -> li
     return extended
 
 
+@dataclass
+class FolderState:
+    """What a run folder held before a run, to undo what the run's start wrote if it is refused.
+
+    Attributes:
+        created: the outermost folder on the way to the run folder (itself included) that did
+            not exist yet, which the run creates; ``None`` if the run folder existed.
+        files: every file outside ``.hydra/`` (and the job's log), with its modification time and
+            size: whether the run wrote anything.
+        hydra: the bytes of each file in ``.hydra/``, which Hydra overwrites as the run starts.
+    """
+
+    created: Path | None
+    files: dict[str, tuple[int, int]]
+    hydra: dict[str, bytes]
+
+    @classmethod
+    def of(cls, run_dir: Path) -> FolderState:
+        """The state of ``run_dir`` now (before Hydra writes into it)."""
+        path, created = run_dir.resolve(), None
+        while not path.exists():
+            created, path = path, path.parent
+        if created is not None or not run_dir.is_dir():
+            return cls(created, {}, {})
+        hydra = run_dir / ".hydra"
+        saved = {str(p.relative_to(hydra)): p.read_bytes() for p in hydra.rglob("*") if p.is_file()}
+        return cls(None, _files(run_dir), saved)
+
+
+def _files(run_dir: Path) -> dict[str, tuple[int, int]]:
+    """The files of ``run_dir`` a run writes (not Hydra's), with their modification time and size."""
+    out: dict[str, tuple[int, int]] = {}
+    for p in run_dir.rglob("*"):
+        rel = p.relative_to(run_dir)
+        if rel.parts[0] == ".hydra" or (len(rel.parts) == 1 and p.suffix == ".log") or not p.is_file():
+            continue
+        st = p.stat()
+        out[str(rel)] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+#: The state of each single run's folder (resolved path) before the run, taken by the guard.
+_BEFORE: dict[Path, FolderState] = {}
+
+
+def undo_refused_run(run_dir: Path) -> bool:
+    """Put the folder of a run refused before any work back as it was before the run.
+
+    Hydra writes the run's config (``.hydra/``) before the run starts, so a run refused for bad
+    input would leave a folder of a run that never ran, or an earlier run's ``.hydra/`` holding
+    the refused settings. If the run wrote nothing else, a folder the run created goes, with the
+    parent folders created with it (``outputs/runs/DATE/``) where they are empty; a folder that
+    existed gets its ``.hydra/`` back as it was. A folder the run wrote into is left as it is.
+
+    Returns:
+        Whether anything was undone.
+    """
+    key = run_dir.resolve()
+    before = _BEFORE.pop(key, None)
+    if before is None or not key.is_dir() or _files(key) != before.files:
+        return False
+    if before.created is None:
+        hydra = key / ".hydra"
+        shutil.rmtree(hydra, ignore_errors=True)
+        for rel, data in before.hydra.items():
+            (hydra / rel).parent.mkdir(parents=True, exist_ok=True)
+            (hydra / rel).write_bytes(data)
+        return True
+    shutil.rmtree(key)
+    while key != before.created:
+        key = key.parent
+        try:
+            key.rmdir()
+        except OSError:  # not empty: another run's folder is in it
+            break
+    return True
+
+
 class RunFolderGuard(Callback):
     """Hydra callback: ``check_run_folder`` before a single run writes anything."""
 
@@ -179,10 +263,12 @@ class RunFolderGuard(Callback):
         from nasrun import UserError
 
         run_dir = Path(str(config.hydra.run.dir)).expanduser()
+        before = FolderState.of(run_dir)  # before anything is written, for undo_refused_run
         try:
             extended = check_run_folder(run_dir, bool(config.get("resume")), _container(config))
         except UserError as e:
             print(f"nasrun: error: {e}", file=sys.stderr)
             raise SystemExit(2) from None  # Hydra turns a callback's exceptions into warnings
+        _BEFORE[run_dir.resolve()] = before
         for change in extended:
             print(f"resume: {change} (extends the run)")

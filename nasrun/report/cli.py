@@ -1,14 +1,13 @@
 """The ``nasrun-report`` command (also ``python -m nasrun.report``): tables and figures of runs.
 
-``nasrun-report PATH`` reads a run folder, a Hydra multirun folder or a BoTorch sweep folder
-(``nasrun.report.folders``), prints a table of its runs (the overrides that differ between them,
-objective, accuracies, parameters, wall time, status) and, where runs differ only by their
-seed, a table of each group's mean ± standard deviation over seeds. It then writes figures: the
-architecture weights of a one-shot search (``alphas_<cell type>.png``), the convergence of a
-black-box search and of a sweep (``convergence.png``), into PATH or ``--out DIR`` (a run's figures
-go to the job's subfolder there). A path that is none of these folders is one line on stderr and
-exit status 2.
-"""
+``nasrun-report PATH [PATH ...]`` reads run folders, Hydra multirun folders, BoTorch sweep folders
+and folders that hold them, such as ``outputs/runs`` (``nasrun.report.folders``). It prints one
+table of all their runs (the overrides that differ between them, objective, accuracies,
+parameters, wall time, status) and, where runs differ only by their seed, a table of each group's
+mean ± standard deviation over seeds. It then writes figures: the architecture weights of a
+one-shot search (``alphas_<cell type>.png``), the convergence of a black-box search and of a sweep
+(``convergence.png``), into each run's folder (a multirun's or sweep's: into PATH) or below
+``--out DIR``. A path that is none of these folders is one line on stderr and exit status 2."""
 
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from rich.table import Table
 
 from nasrun import UserError
 from nasrun.report.console import get_console
-from nasrun.report.folders import DONE, Folder, Run, read_folder
+from nasrun.report.folders import DONE, Folder, Run, read_folders
 
 PROG = "nasrun-report"
 
@@ -41,25 +40,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
-            "Tables and figures of nasrun runs: PATH is a run folder, a multirun folder (nasrun -m) "
-            "or a BoTorch sweep folder."
+            "Tables and figures of nasrun runs: each PATH is a run folder, a multirun folder "
+            "(nasrun -m), a BoTorch sweep folder, or a folder of these (outputs/runs); the runs "
+            "of several are compared in one table."
         ),
     )
-    parser.add_argument("path", type=Path, help="the run, multirun or sweep folder")
+    parser.add_argument("path", type=Path, nargs="+", help="the run, multirun or sweep folders")
     parser.add_argument(
-        "--out", type=Path, default=None, help="folder for the figures (default: PATH itself)"
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for the figures (default: each run's own folder, or PATH for a multirun or sweep)",
     )
     parser.add_argument("--no-figures", action="store_true", help="print the tables, write no figures")
     args = parser.parse_args(argv)
     try:
-        folder = read_folder(args.path)
+        folder = read_folders(args.path)
     except UserError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         sys.exit(2)
     console = get_console()
     console.print(runs_table(folder))
-    if folder.kind == "sweep":
-        console.print(_trial_counts(folder), highlight=False, soft_wrap=True)
+    for sweep in [folder] if folder.kind == "sweep" else [p for p in folder.parts if p.kind == "sweep"]:
+        where = f" of {sweep.path}" if sweep is not folder else ""
+        console.print(_trial_counts(sweep, where), highlight=False, soft_wrap=True)
     seeds = seed_table(folder)
     if seeds is not None:
         console.print(seeds)
@@ -177,10 +181,10 @@ def mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
 
 
-def _trial_counts(folder: Folder) -> str:
+def _trial_counts(folder: Folder, where: str = "") -> str:
     counts = collections.Counter(t.state.value.lower() for t in folder.trials)
     listed = ", ".join(f"{n} {state}" for state, n in counts.items()) or "none"
-    return f"trials in the store ({folder.direction}): {listed}"
+    return f"trials in the store{where} ({folder.direction}): {listed}"
 
 
 def _num(value: Any) -> str:
@@ -204,21 +208,35 @@ def _duration(seconds: float | None) -> str:
 def write_figures(folder: Folder, out: Path) -> list[Path]:
     """Write the figures of ``folder`` under ``out``; returns the files written.
 
-    Each run's figures go to ``out`` for a single run and to ``out/<job>`` otherwise: one
-    ``alphas_<cell type>.png`` per cell type of a one-shot search, ``convergence.png`` for a
-    black-box search. A sweep adds ``out/convergence.png`` over its trials. A run whose history
-    cannot be drawn is reported in one line and skipped.
+    Each run's figures go to ``out`` for a single run and to ``out/<run name>`` otherwise (the
+    job's number; for ``runs``, its path below ``folder.path``, so that by default each run's
+    figures land in its own folder): one ``alphas_<cell type>.png`` per cell type of a one-shot
+    search, ``convergence.png`` for a black-box search. A sweep adds ``convergence.png`` over its
+    trials, in ``out`` (or its own folder's place below ``out``). A run whose history cannot be
+    drawn is reported in one line and skipped.
     """
-    from nasrun.report.plots import plot_trials
-
     written: list[Path] = []
     for run in folder.runs:
         target = out if folder.kind == "run" else out / run.name
         written += _guarded(partial(run_figures, run, target), f"run {run.name}")
-    if folder.kind == "sweep" and folder.trials:
-        sweep = partial(plot_trials, folder.trials, out / "convergence.png", folder.direction)
-        written += _guarded(lambda: [sweep()], "the sweep")
+    sweeps = [(folder, out)] if folder.kind == "sweep" else []
+    base = folder.path.resolve()
+    for part in folder.parts:
+        where = part.path.resolve()
+        if part.kind == "sweep" and where.is_relative_to(base):
+            sweeps.append((part, out / where.relative_to(base)))
+    for sweep, target in sweeps:
+        if sweep.trials:
+            draw = partial(_sweep_figure, sweep, target / "convergence.png")
+            written += _guarded(draw, f"the sweep {sweep.path}")
     return written
+
+
+def _sweep_figure(sweep: Folder, png: Path) -> list[Path]:
+    """The convergence of a sweep over its trials."""
+    from nasrun.report.plots import plot_trials
+
+    return [plot_trials(sweep.trials, png, sweep.direction)]
 
 
 def run_figures(run: Run, out: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""Read what runs left behind: a run folder, a Hydra multirun folder or a BoTorch sweep folder.
+"""Read what runs left behind: a run folder, a Hydra multirun folder or a BoTorch sweep folder,
+or several of these together (a folder of them, such as ``outputs/runs``, or several paths).
 
 A run folder holds ``.hydra/`` (the composed config and the overrides), ``result.json`` once the
 run has ended, ``history.jsonl`` and perhaps ``genotype.json`` and ``retrain_history.jsonl``. A
@@ -11,6 +12,8 @@ folder while its runs go on is safe, and a history line still being written is s
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,11 +88,13 @@ class Folder:
     """What a path holds: one run, the runs of a multirun, or the runs and trials of a sweep.
 
     Attributes:
-        kind: ``run``, ``multirun`` or ``sweep``.
-        path: the folder given.
-        runs: its runs, in job order.
+        kind: ``run``, ``multirun``, ``sweep``, or ``runs``: the runs of several folders together
+            (several paths given, or a folder of run folders such as ``outputs/runs``).
+        path: the folder given (for ``runs``, the folder the runs' names are relative to).
+        runs: its runs, in job order (``runs``: in the order of the folders, then of their jobs).
         trials: the sweep's trials in proposal order (empty unless ``kind == "sweep"``).
         direction: the sweep's direction, ``maximize`` or ``minimize``.
+        parts: for ``runs``, the multirun and sweep folders its runs come from.
     """
 
     kind: str
@@ -97,6 +102,7 @@ class Folder:
     runs: list[Run]
     trials: list[Trial] = field(default_factory=list)
     direction: str = "maximize"
+    parts: list[Folder] = field(default_factory=list)
 
 
 def is_run_folder(path: Path) -> bool:
@@ -105,21 +111,66 @@ def is_run_folder(path: Path) -> bool:
 
 
 def read_folder(path: str | Path) -> Folder:
-    """Read a run folder, a multirun folder or a BoTorch sweep folder.
+    """Read a run folder, a multirun folder, a BoTorch sweep folder, or a folder of such folders.
 
     Args:
-        path: the folder.
+        path: the folder. A folder that is none of the first three, such as ``outputs/runs`` with
+            its ``DATE/TIME/`` run folders, is searched for them (see ``combine``).
 
     Returns:
         Its runs (and for a sweep its trials).
 
     Raises:
         NotAResultFolder: ``path`` is none of these, in one line naming what was looked for.
-        UserError: the sweep's trial store cannot be read.
+        UserError: a sweep's trial store cannot be read.
     """
     path = Path(path)
     if not path.is_dir():
         raise NotAResultFolder(f"{path}: no such folder")
+    folder = _read_one(path)
+    if folder is not None:
+        return folder
+    found = _find_folders(path)
+    if not found:
+        raise NotAResultFolder(
+            f"{path}: not a run folder (.hydra/config.yaml), a multirun folder (multirun.yaml, "
+            "job folders 0/ 1/ ...) or a BoTorch sweep folder (optimization_results.yaml, "
+            "trials.sqlite), and holds none"
+        )
+    return combine(found, path)
+
+
+def read_folders(paths: Sequence[str | Path]) -> Folder:
+    """``read_folder`` of one path; the runs of several in one ``runs`` folder (``combine``)."""
+    if len(paths) == 1:
+        return read_folder(paths[0])
+    return combine([read_folder(p) for p in paths])
+
+
+def combine(folders: Sequence[Folder], path: Path | None = None) -> Folder:
+    """The runs of several folders as one ``runs`` folder, to compare them in one table.
+
+    Each run is named by its path relative to ``path`` (default: the folders' deepest common
+    folder), e.g. ``2024-05-01/10-00-00`` or ``seeds/3``; a run given twice counts once. The
+    multirun and sweep folders among ``folders`` stay in ``parts`` (a sweep's trials, figures).
+    """
+    runs: dict[Path, Run] = {}
+    for folder in folders:
+        for run in folder.runs:
+            runs.setdefault(run.path.resolve(), run)
+    if path is None:
+        # The parent of a lone run, so that it is named by its own folder.
+        paths = list(runs) if len(runs) > 1 else [p.parent for p in runs]
+        path = Path(os.path.commonpath(paths)) if paths else Path(".")
+    base = path.resolve()
+    for resolved, run in runs.items():
+        run.name = resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(run.path)
+    parts = [f for f in folders if f.kind != "run"]
+    return Folder("runs", path, list(runs.values()), parts=parts)
+
+
+def _read_one(path: Path) -> Folder | None:
+    """``path`` as a run, multirun or sweep folder; ``None`` if it is none of them."""
     if is_run_folder(path):
         return Folder("run", path, [read_run(path)])
     jobs = sorted(
@@ -132,13 +183,26 @@ def read_folder(path: str | Path) -> Folder:
         # folder that merely holds some run folders (outputs/runs/DATE/) is not one.
         jobs = [p for p in jobs if p.name.isdigit()]
         if not jobs:
-            raise NotAResultFolder(
-                f"{path}: not a run folder (.hydra/config.yaml), a multirun folder (multirun.yaml, "
-                "job folders 0/ 1/ ...) or a BoTorch sweep folder (optimization_results.yaml, "
-                "trials.sqlite)"
-            )
+            return None
     runs = [read_run(p, name=p.name) for p in jobs]
     return _sweep(path, runs) if swept else Folder("multirun", path, runs)
+
+
+def _find_folders(path: Path, depth: int = 4) -> list[Folder]:
+    """The run, multirun and sweep folders under ``path``, down to ``depth`` levels, in name order.
+
+    Symbolic links to folders are not followed (no cycles); hidden folders (``.hydra``) are skipped.
+    """
+    found: list[Folder] = []
+    if depth == 0:
+        return found
+    subs = sorted(
+        p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
+    )
+    for sub in subs:
+        folder = _read_one(sub)
+        found += [folder] if folder is not None else _find_folders(sub, depth - 1)
+    return found
 
 
 def read_run(path: Path, name: str | None = None) -> Run:

@@ -457,9 +457,14 @@ class OneShotSearch:
         ):
             deeper = [st.layers for st in plan if st.layers is not None]
             if deeper:
+                # Said as the user chose it (search=p_darts), not as the key that holds the depths.
+                from nasrun.config.build import chosen  # nasrun.config imports this module
+
+                who = chosen("search") or f"search.stages.layers={deeper}"
                 raise UserError(
-                    f"search.stages.layers: space {space.name!r} has a fixed depth; set the stages' layers "
-                    f"to null (got {deeper})"
+                    f"{who} needs a space of variable depth (its stages grow the supernet to "
+                    f"{', '.join(map(str, deeper))} cells); space={space.name} has a fixed depth: "
+                    "use a space such as space=cifar_cell, or set search.stages.layers to null"
                 )
         for i, st in enumerate(plan):
             if not 0 <= st.warmup_epochs < st.epochs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -115,10 +116,14 @@ def test_refused_folders_are_left_untouched(tmp_path: Path) -> None:
         assert message in proc.stderr and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
         assert _snapshot(run_dir) == before, args
     # The same settings resume; turning retraining on extends the finished search, and says so.
+    searched = json.loads((run_dir / "result.json").read_text())["wall_s"]["search_s"]
     proc = run_cli("experiment=smoke", f"hydra.run.dir={run_dir}", "resume=true", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resume: retrain.enabled: False -> True (extends the run)" in proc.stdout
     assert (run_dir / "checkpoints" / "retrain.pt").is_file()
+    # The result counts the search's time before the resume too, not only the resumed run's.
+    wall = json.loads((run_dir / "result.json").read_text())["wall_s"]
+    assert wall["search_s"] >= searched and wall["retrain_s"] > 0
 
 
 def test_ctrl_c_says_how_to_resume_and_that_command_works(tmp_path: Path) -> None:

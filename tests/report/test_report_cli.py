@@ -22,7 +22,7 @@ from rich.table import Table
 from nasrun.bo.store import TrialState, TrialStore
 from nasrun.report.cell_diagram import cell_dot
 from nasrun.report.cli import main, runs_table, seed_table
-from nasrun.report.folders import read_folder
+from nasrun.report.folders import read_folder, read_folders
 from nasrun.space.genotype import Genotype
 from tests.conftest import REPO, run_cli
 from tests.report.test_cell_diagram import assert_png, parse_dot
@@ -243,12 +243,73 @@ def test_sweep_statuses_come_from_the_trial_store(bo_sweep: Path, tmp_path: Path
     assert_png(sweep / "convergence.png")  # failed and running trials marked on it
 
 
+def test_several_folders_in_one_table(
+    oneshot_run: Path,
+    seeds_multirun: Path,
+    bo_sweep: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "figures"
+    main([str(oneshot_run), str(seeds_multirun), str(bo_sweep), str(oneshot_run), "--out", str(out)])
+    folder = read_folders([oneshot_run, seeds_multirun, bo_sweep])
+    assert folder.kind == "runs" and folder.path == oneshot_run.parent
+    # Named by their place below the folders' common folder; a run given twice counts once.
+    names = [r.name for r in folder.runs]
+    assert names == ["oneshot", "multi/0", "multi/1", "multi/2", "multi/3", "sweep/0", "sweep/1", "sweep/2"]
+    cells = columns(runs_table(folder))
+    assert cells["run"] == names and cells["status"] == ["done"] * 8
+    assert "search" in cells and "seed" in cells and "hydra.sweeper.params.search.budget" not in cells
+    trials = read_folder(bo_sweep).trials
+    assert cells["objective"][-3:] == [f"{t.value:.2f}" for t in trials]  # a sweep's runs: their trials'
+    assert cells["val_acc"][0] == f"{result(oneshot_run)['val_acc']:.2f}"
+    printed = capsys.readouterr().out
+    assert f"trials in the store of {bo_sweep}" in printed and "mean ± std over seeds" in printed
+    # Each run's figures below --out where the run is below the common folder; the sweep's too.
+    assert_png(out / "oneshot" / "alphas_normal.png")
+    assert_png(out / "multi" / "3" / "convergence.png")
+    assert_png(out / "sweep" / "convergence.png")
+
+
+@pytest.fixture(scope="module")
+def single_runs(base: Path) -> Path:
+    """Two single runs in nasrun's default folders, outputs/runs/DATE/TIME, differing by seed."""
+    cwd = base / "singles"
+    cwd.mkdir()
+    for seed in (0, 1):
+        _nasrun(cwd, *TABULAR, "search=random_search", "search.budget=4", f"seed={seed}")
+    return cwd / "outputs" / "runs"
+
+
+def test_a_folder_of_single_runs(single_runs: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "nasrun.report", "outputs/runs"],
+        cwd=single_runs.parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    runs = sorted(single_runs.glob("*/*"))
+    assert len(runs) == 2
+    names = [str(r.relative_to(single_runs)) for r in runs]  # DATE/TIME
+    assert all(name in proc.stdout for name in names) and "runs outputs/runs (2 runs)" in proc.stdout
+    folder = read_folder(single_runs)
+    assert folder.kind == "runs" and [r.name for r in folder.runs] == names
+    cells = columns(runs_table(folder))
+    assert cells["seed"] == ["0", "1"] and cells["status"] == ["done", "done"]
+    seeds = seed_table(folder)
+    assert seeds is not None and columns(seeds)["seeds"] == ["0, 1"]
+    for run in runs:  # by default each run's figures go into its own folder
+        assert_png(run / "convergence.png")
+
+
 def test_not_a_result_folder_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # A folder of run folders that are not numbered jobs (outputs/runs/DATE/) is no multirun.
-    (tmp_path / "12-00-00" / ".hydra").mkdir(parents=True)
-    (tmp_path / "12-00-00" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    # A folder without any run folder below it, however deep: .hydra/ alone does not make one.
+    (tmp_path / "a" / "b" / ".hydra").mkdir(parents=True)
     for path in (tmp_path, tmp_path / "missing"):
         with pytest.raises(SystemExit) as info:
             main([str(path)])

@@ -64,7 +64,10 @@ def test_pc_darts_runs_on_nb201(tmp_path: Path) -> None:
 
 
 def test_p_darts_on_nb201_is_refused_in_one_line(compose_cfg, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match=r"search.stages.layers: space 'nb201' has a fixed depth") as info:
+    with pytest.raises(
+        UserError,
+        match=r"search.stages.layers=\[3, 3\] needs a space of variable depth .* space=nb201 has a fixed depth",
+    ) as info:
         run(compose_cfg("experiment=smoke", "search=p_darts", "space=nb201"), tmp_path)
     assert "\n" not in str(info.value)
     # Without deeper stages, the skip-connect cap is what does not apply.

@@ -15,10 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from nasrun import UserError
-from nasrun.bo.reporting import current_reporter, task_epochs
+from nasrun.bo.reporting import current_reporter
 from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
 from nasrun.config.run_guard import refuse_overwrite
+from nasrun.config.sweeps import task_epochs
 from nasrun.data.base import DataModule
 from nasrun.report.console import get_console
 from nasrun.report.results import count_flops, count_params, print_summary

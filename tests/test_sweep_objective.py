@@ -19,7 +19,7 @@ from nasrun import UserError
 from nasrun.bo import TrialStore, prepare_sweeper_args
 from nasrun.cli import task
 from nasrun.config import config_dir
-from nasrun.config.sweep_check import sweep_without_effect
+from nasrun.config.sweeps import sweep_without_effect
 from tests.conftest import enter_sweep
 from tests.data.cifar_files import trust_local_files, write_cifar10
 

@@ -42,9 +42,9 @@ from nasrun import UserError
 from nasrun.bo import BOSettings, ParamSpace, Trial, TrialState, TrialStore, parse_overrides
 from nasrun.bo.engine import BayesOpt
 from nasrun.bo.pruners import PrunerKind
-from nasrun.bo.reporting import Pruned, store_location, task_epochs
+from nasrun.bo.reporting import Pruned, store_location
 from nasrun.bo.store import ENDED, OPEN, worker_id
-from nasrun.config.sweep_check import sweep_without_effect
+from nasrun.config.sweeps import sweep_without_effect, task_epochs
 
 from . import _report
 from ._recording import RecordingTask, saved_return

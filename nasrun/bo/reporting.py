@@ -131,25 +131,6 @@ class HistorySink:
             self.reporter.report(step, float(value))
 
 
-def task_epochs(cfg: Any) -> tuple[str, int] | None:
-    """The config key and number of epochs of the phase whose validation accuracy a nasrun run
-    returns: retraining's ``trainer.epochs`` or, with ``retrain.enabled=false``, the one-shot
-    search's ``search.epochs``; ``None`` when the config has no such key (a black-box search, an
-    app of another kind).
-    """
-    from omegaconf import OmegaConf
-
-    key = (
-        "search.epochs"
-        if OmegaConf.select(cfg, "retrain.enabled", default=None) is False
-        else "trainer.epochs"
-    )
-    epochs = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
-    if isinstance(epochs, int) and not isinstance(epochs, bool):
-        return key, epochs
-    return None
-
-
 def current_reporter(max_epochs: int | None = None) -> TrialReporter | None:
     """The reporter of the trial this process runs as a job of a BoTorch sweep, or ``None``.
 

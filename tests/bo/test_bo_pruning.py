@@ -13,7 +13,8 @@ from nasrun.bo import engine as engine_module
 from nasrun.bo._model import censored_mean
 from nasrun.bo.engine import BayesOpt
 from nasrun.bo.pruners import Pruner, PrunerKind
-from nasrun.bo.reporting import HistorySink, TrialPruned, TrialReporter, task_epochs
+from nasrun.bo.reporting import HistorySink, TrialPruned, TrialReporter
+from nasrun.config.sweeps import task_epochs
 from nasrun.run_folder import HistoryLog, read_history
 
 DONE, RUN = TrialState.COMPLETED, TrialState.RUNNING

@@ -1,4 +1,7 @@
-"""Sweeps that cannot move their objective: caught at the sweep's start, before any trial.
+"""What a nasrun run means to a sweep: which epochs it reports, and which sweeps cannot move it.
+
+The BoTorch sweeper (``hydra_plugins.nasrun_botorch_sweeper``) is nasrun's; the optimisation
+package it drives (``nasrun.bo``) knows nothing of nasrun's config keys, so they are read here.
 
 A nasrun run's objective is the validation accuracy of its last phase. With retraining off
 (``retrain.enabled=false``), that phase is the search, and the retraining settings (``retrain.*``)
@@ -30,6 +33,23 @@ def _trains_candidates(cfg: DictConfig) -> bool:
         )
     except (ImportError, ValueError, TypeError):
         return False  # a target that does not load fails the first trial with its own message
+
+
+def task_epochs(cfg: DictConfig) -> tuple[str, int] | None:
+    """The config key and number of epochs of the phase whose validation accuracy a nasrun run
+    returns: retraining's ``trainer.epochs`` or, with ``retrain.enabled=false``, the one-shot
+    search's ``search.epochs``; ``None`` when the config has no such key (a black-box search, an
+    app of another kind).
+    """
+    key = (
+        "search.epochs"
+        if OmegaConf.select(cfg, "retrain.enabled", default=None) is False
+        else "trainer.epochs"
+    )
+    epochs = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    if isinstance(epochs, int) and not isinstance(epochs, bool):
+        return key, epochs
+    return None
 
 
 def sweep_without_effect(cfg: DictConfig, keys: Sequence[str]) -> str | None:

@@ -36,6 +36,7 @@ class SampledEdge(nn.Module):
         super().__init__()
         self.names = list(ops)
         self.stride = stride
+        self.C = C
         self.ops = nn.ModuleList()
         for name in self.names:
             op = make_op(name, C, stride, affine=False)

@@ -38,9 +38,9 @@ AGGRESSIVE_NORMAL = [
 ]  # fmt: skip
 AGGRESSIVE_REDUCE = [
     ("sep_conv_5x5", 0), ("none", 1),
-    ("none", 1), ("none", 2), ("none", 0),
-    ("none", 1), ("none", 2), ("none", 3), ("none", 0),
-    ("none", 1), ("none", 2), ("none", 3), ("none", 4), ("none", 0),
+    ("sep_conv_5x5", 0), ("none", 1), ("none", 2),
+    ("none", 0), ("none", 1), ("none", 2), ("none", 3),
+    ("none", 0), ("none", 1), ("none", 2), ("none", 3), ("none", 4),
 ]  # fmt: skip
 # SNAS-Series SNAS/genotypes.py:151-183 (SNAS_mild_edge_all), the reduction cell.
 MILD_REDUCE = [
@@ -85,7 +85,7 @@ def test_every_edge_derivation_gives_the_reference_published_cells() -> None:
     g = space.derive(weights, rule="every_edge")
     assert (g.normal, g.normal_nodes) == _kept(AGGRESSIVE_NORMAL)
     assert (g.reduce, g.reduce_nodes) == _kept(AGGRESSIVE_REDUCE)
-    assert g.reduce == (("sep_conv_5x5", 0),) and g.reduce_nodes == (1, 0, 0, 0)  # three empty nodes
+    assert g.reduce == (("sep_conv_5x5", 0),) * 2 and g.reduce_nodes == (1, 1, 0, 0)  # two empty nodes
     # DARTS's rule on the same weights keeps two non-none inputs per node, whatever `none` says.
     darts = space.derive(weights)
     assert darts.reduce_nodes == () and len(darts.reduce) == 8
@@ -161,7 +161,7 @@ def test_a_cell_with_empty_nodes_retrains_and_its_empty_nodes_are_zero() -> None
     reduction = net.cells[1]
     out = reduction(torch.randn(2, 24, 32, 32), torch.randn(2, 32, 32, 32), 0.0)
     assert out.shape == (2, 4 * 16, 16, 16)  # four nodes of 16 channels, the empty ones included
-    assert bool((out[:, 16:] == 0).all()) and bool(out[:, :16].abs().sum() > 0)
+    assert bool((out[:, 32:] == 0).all()) and bool(out[:, :32].abs().sum() > 0)
 
 
 def test_the_temperature_follows_the_reference_schedule() -> None:
@@ -280,6 +280,11 @@ def test_a_cell_with_empty_nodes_is_drawn_node_by_node() -> None:
     from nasrun.pipeline import named_genotype
     from nasrun.report.cell_diagram import cell_graph
 
-    graph = cell_graph(named_genotype("snas_aggressive"), "reduce")
-    assert graph.edges == ((0, 2, "sep_conv_5x5"),)  # one edge into node 0; nodes 1-3 have none
+    named = named_genotype("snas_aggressive")  # conf/genotype: the published cell, none edges left out
+    assert ((named.normal, named.normal_nodes), (named.reduce, named.reduce_nodes)) == (
+        _kept(AGGRESSIVE_NORMAL),
+        _kept(AGGRESSIVE_REDUCE),
+    )
+    graph = cell_graph(named, "reduce")
+    assert graph.edges == ((0, 2, "sep_conv_5x5"), (0, 3, "sep_conv_5x5"))  # nodes 2 and 3 have no edge
     assert sorted(k for k in graph.labels if k >= 2) == [2, 3, 4, 5] and graph.concat == (2, 3, 4, 5)

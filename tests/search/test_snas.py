@@ -8,6 +8,7 @@ training image. Reference file and line are cited at each constant.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -191,7 +192,7 @@ def test_search_snas_composes_the_reference_settings(compose_cfg: Callable[..., 
 
 
 def test_op_costs_are_the_reference_formulas() -> None:
-    # SNAS-Series SNAS/operations.py:150-174 (SepConv), 114-132 (DilConv), 48-70 (MaxPool), 177-187
+    # SNAS-Series SNAS/operations.py:140-172 (SepConv), 108-137 (DilConv), 51-75 (MaxPool), 175-187
     # (Identity) for C = 16 on 32x32 inputs: size, flops = size * y^2, mac as written there.
     C, y = 16, 32
     size = 2 * C * 9 + 2 * C * C
@@ -288,3 +289,18 @@ def test_a_cell_with_empty_nodes_is_drawn_node_by_node() -> None:
     graph = cell_graph(named, "reduce")
     assert graph.edges == ((0, 2, "sep_conv_5x5"), (0, 3, "sep_conv_5x5"))  # nodes 2 and 3 have no edge
     assert sorted(k for k in graph.labels if k >= 2) == [2, 3, 4, 5] and graph.concat == (2, 3, 4, 5)
+
+
+def test_without_a_validation_split_the_supernet_is_scored_on_the_test_set(tmp_path: Path) -> None:
+    from nasrun.data.digits import digits
+    from nasrun.search.base import SearchContext
+    from nasrun.train.trainer import Trainer
+
+    data = digits(image_size=8, val_portion=0.0, test_portion=0.2, split_seed=0)
+    space = tiny_space("cifar_cell")
+    ctx = SearchContext(space=space, run_dir=tmp_path, seed=1, data=data, trainer=Trainer(device="cpu"))
+    search = OneShotSearch(space, epochs=1, batch_size=128, sampler=GumbelSoftmax(), update=SingleLevel())  # type: ignore[arg-type]
+    result = search.run(ctx)
+    record = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert record["val_acc"] is None and 0.0 <= record["test_acc"] <= 100.0
+    assert result.metrics["search_val_acc"] is None

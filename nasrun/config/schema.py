@@ -147,10 +147,12 @@ class RetrainConfig:
 class GenotypeConfig:
     name: str = ""  # the cell's name in reports
     space: str = "cifar_cell"  # the space the cell belongs to
-    normal: list[Any] = field(default_factory=list)  # (op, input) pairs, two per node
+    normal: list[Any] = field(default_factory=list)  # (op, input) pairs, node by node
     normal_concat: list[int] = field(default_factory=list)  # nodes concatenated into the output
     reduce: list[Any] = field(default_factory=list)
     reduce_concat: list[int] = field(default_factory=list)
+    normal_nodes: list[int] = field(default_factory=list)  # edges into each node; empty: the space's (2 each)
+    reduce_nodes: list[int] = field(default_factory=list)
 
 
 SCHEMAS: dict[str, dict[str, Any]] = {

@@ -83,7 +83,8 @@ def cell_graph(
         genotype: the architecture.
         cell_type: ``normal`` or ``reduce``.
         per_node: number of incoming edges of each intermediate node, in node order. Defaults to
-            ``1, 2, 3, ...`` for ``space == "nb201"`` and to 2 per node otherwise (DARTS cells).
+            the genotype's own (``normal_nodes`` / ``reduce_nodes``) where it has them, else
+            ``1, 2, 3, ...`` for ``space == "nb201"`` and 2 per node otherwise (DARTS cells).
 
     Returns:
         The cell's nodes, labelled edges and concatenated nodes.
@@ -95,16 +96,15 @@ def cell_graph(
     """
     if cell_type not in CELL_TYPES:
         raise ValueError(f"cell_type must be one of {sorted(CELL_TYPES)}, got {cell_type!r}")
-    edges, concat = (
-        (genotype.normal, genotype.normal_concat)
-        if cell_type == "normal"
-        else (genotype.reduce, genotype.reduce_concat)
-    )
+    edges, concat, own = genotype.cell(cell_type)
     nb201 = genotype.space == "nb201"
     name = "cell" if nb201 else CELL_TYPES[cell_type]
-    if not edges:
+    if not edges and not own:
         raise ValueError(f"the genotype has no {name}")
-    counts = list(per_node) if per_node is not None else _default_per_node(len(edges), nb201)
+    if per_node is not None:
+        counts = list(per_node)
+    else:
+        counts = list(own) if own else _default_per_node(len(edges), nb201)
     if sum(counts) != len(edges):
         raise ValueError(
             f"{name}: per_node {counts} accounts for {sum(counts)} edges, the cell has {len(edges)}"
@@ -230,7 +230,7 @@ def plot_cells(
 
 
 def _cell_types(genotype: Genotype) -> list[str]:
-    return ["normal", "reduce"] if genotype.reduce else ["normal"]
+    return ["normal", "reduce"] if genotype.reduce or genotype.reduce_nodes else ["normal"]
 
 
 def _quote(text: str) -> str:

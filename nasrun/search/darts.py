@@ -149,20 +149,27 @@ class DartsStepper:
             logits = self.model(x)
         return cross_entropy(logits, y), logits
 
+    def reads_val_batch(self, arch_step: bool) -> bool:
+        """Whether ``step`` reads its validation batch: only for an architecture step."""
+        return arch_step
+
     def step(
         self,
         x_train: torch.Tensor,
         y_train: torch.Tensor,
-        x_val: torch.Tensor,
-        y_val: torch.Tensor,
+        x_val: torch.Tensor | None,
+        y_val: torch.Tensor | None,
         arch_step: bool = True,
     ) -> tuple[float, int]:
         """Update alpha on the validation batch (unless ``arch_step`` is false), then w on the training batch.
+
+        The validation batch may be ``None`` when ``reads_val_batch(arch_step)`` is false.
 
         Returns:
             The weight step's training loss and number of correct predictions.
         """
         if arch_step:
+            assert x_val is not None and y_val is not None, "an architecture step needs a validation batch"
             self.arch_step(x_train, y_train, x_val, y_val)
         return self.weight_step(x_train, y_train)
 

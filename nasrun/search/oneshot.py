@@ -23,9 +23,10 @@ construction, whatever a method adds: no parameter is recognised by its name.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,7 @@ class OneShotNetwork(nn.Module):
         layers: the supernet's depth, if not the space's (methods that deepen it by stages).
         sampler: how the edges' weights are drawn from the alphas on each forward pass; ``None``:
             their softmax (DARTS).
+        derivation: the space's derivation rule (``darts`` or ``every_edge``; ``space.derive``).
     """
 
     def __init__(
@@ -107,10 +109,15 @@ class OneShotNetwork(nn.Module):
         edge_ops: dict[str, list[list[str]]] | None = None,
         layers: int | None = None,
         sampler: ArchSampler | None = None,
+        derivation: str = "darts",
     ) -> None:
         super().__init__()
         self.space = space
         self.sampler = sampler
+        self.derivation = derivation
+        # The edge weights of the last forward pass (a sample, with a sampler): the resource term
+        # of a single-level step reads the very sample that its loss was computed with.
+        self.last_weights: dict[str, torch.Tensor] | None = None
         # A whole cell's weights that a method sets for the next forward passes (RSPS, ENAS).
         self.fixed: dict[str, torch.Tensor] | None = None
         self.topology = space.topology()
@@ -170,7 +177,8 @@ class OneShotNetwork(nn.Module):
             self.sampler.set_epoch(epoch, epochs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skeleton(x, self.forward_weights(), self.edge_scales())
+        self.last_weights = self.forward_weights()
+        return self.skeleton(x, self.last_weights, self.edge_scales())
 
     @torch.no_grad()
     def strengths(self) -> dict[str, torch.Tensor]:
@@ -189,7 +197,7 @@ class OneShotNetwork(nn.Module):
         next-best op, or the node another input).
         """
         strengths = self.strengths()
-        genotype = self.space.derive(strengths, self.edge_ops)
+        genotype = self.space.derive(strengths, self.edge_ops, self.derivation)
         if max_skips is None:
             return genotype
         W, ops = strengths["normal"], self.edge_ops["normal"]
@@ -204,7 +212,7 @@ class OneShotNetwork(nn.Module):
                 break
             e, k = min(skips, key=lambda ek: float(W[ek[0], ek[1]]))
             W[e, k] = -0.5  # below every real op, above `none` (which derivation never picks)
-            genotype = self.space.derive(strengths, self.edge_ops)
+            genotype = self.space.derive(strengths, self.edge_ops, self.derivation)
         return genotype
 
     def pruned_ops(self, keep: int) -> dict[str, list[list[str]]]:
@@ -284,7 +292,8 @@ class OneShotSearch:
         early_stop: a stopping criterion checked after every epoch that took architecture steps
             (DARTS+), or ``None``. Warm-up epochs are not checked: their cell is the initial one.
         batch_size, train_portion: the batches, and the share of the training images that trains
-            the weights (the rest trains the architecture).
+            the weights (the rest trains the architecture). A single-level update (SNAS) trains
+            both on all the training images and ignores ``train_portion``.
         lr, lr_min, momentum, weight_decay, grad_clip, nesterov: the weights' SGD.
         lr_schedule, lr_period, lr_period_mul: the weights' schedule from ``lr`` to ``lr_min``,
             stepped once per epoch: ``cosine`` over ``lr_period`` epochs (``None``: all of them;
@@ -300,6 +309,10 @@ class OneShotSearch:
             strongest ops of the stage before (``none`` among them), with new optimisers;
             ``epochs`` must equal the stages' sum. ``None``: one stage.
         max_skips: the derived normal cell keeps at most this many skip-connects (P-DARTS: M = 2).
+        derivation: how the cell is derived from the architecture weights: ``darts`` (the
+            space's rule: two inputs per node, never ``none``, in the DARTS cell space) or
+            ``every_edge`` (each edge's strongest op, ``none`` included, ``none`` edges left out:
+            SNAS).
         evaluate_derived: after every epoch, score the derived cell with the run's evaluator (a
             tabular benchmark's look-up, say) and record it in the history as
             ``derived_val_acc`` / ``derived_test_acc`` (the last epoch's also in the result). The
@@ -340,6 +353,7 @@ class OneShotSearch:
         unrolled_eps: float = 0.01,  # DARTS: finite-difference step 0.01 / ||grad L_val|| (second order)
         stages: dict[str, Sequence[Any]] | None = None,  # DARTS: one stage (P-DARTS: three)
         max_skips: int | None = None,  # DARTS: no cap on the normal cell's skip-connects (P-DARTS: 2)
+        derivation: str = "darts",  # DARTS (Liu et al. 2019, Sec. 2.4): two strongest non-none inputs per node
         evaluate_derived: bool | None = None,  # None: on when the evaluator is a free look-up table, else off
         sampler: ArchSampler | None = None,  # DARTS: None, the softmax of the alphas on every forward pass
         update: ArchUpdate | None = None,  # DARTS: None, bilevel gradient steps (DartsStepper, search.order)
@@ -381,6 +395,14 @@ class OneShotSearch:
                 f"search.max_skips={max_skips}: space {space.name!r} keeps every edge of its cell, so the "
                 "cap on the normal cell's skip-connects does not apply (set search.max_skips=null)"
             )
+        if derivation not in ("darts", "every_edge"):
+            raise UserError(f"search.derivation={derivation!r}: must be darts or every_edge")
+        if max_skips is not None and derivation != "darts":
+            raise UserError(
+                f"search.max_skips={max_skips}: the skip-connect cap edits DARTS's derivation, not "
+                f"search.derivation={derivation} (set search.max_skips=null)"
+            )
+        self.derivation = derivation
         kept_edges = (topo.kept_inputs or 0) * len(topo.node_slices())
         if max_skips is not None and not 0 <= max_skips <= kept_edges:
             raise UserError(
@@ -496,6 +518,7 @@ class OneShotSearch:
             edge_ops=edge_ops,
             layers=self.stages[stage].layers,
             sampler=self.sampler,
+            derivation=self.derivation,
         )
 
     def make_stepper(
@@ -513,8 +536,20 @@ class OneShotSearch:
             return self.update.stepper(network, trainer, seed=self.seed + stage, **darts)
         return DartsStepper(network, trainer, **darts)
 
-    def split(self, train: TensorSplit) -> tuple[TensorSplit, TensorSplit]:
-        """The weights' share and the architecture's share of the training data."""
+    @property
+    def single_level(self) -> bool:
+        """Whether one loss on the same batches trains weights and architecture (SNAS)."""
+        return bool(getattr(self.update, "single_level", False))
+
+    def split(self, train: TensorSplit) -> tuple[TensorSplit, TensorSplit | None]:
+        """The weights' share and the architecture's share of the training data.
+
+        A single-level update trains both on every training image: the weights' share is all of
+        them and there is no architecture share (SNAS-Series ``SNAS/train_search.py``:
+        ``init_loaddata`` loads the whole CIFAR-10 training set into one queue).
+        """
+        if self.single_level:
+            return train, None
         n = len(train)
         n_w = int(n * self.train_portion)
         if n_w < 1 or n - n_w < 1:
@@ -529,6 +564,12 @@ class OneShotSearch:
             raise UserError("a one-shot search needs data and a trainer")
         data, trainer = ctx.data, ctx.trainer
         w_half, a_half = self.split(data.train)
+        # The split the supernet is scored on after each epoch: the architecture's half; a
+        # single-level search has none and uses the data's validation split, else the test set
+        # (reported as test accuracy, as SNAS's reference reports its search on the test set).
+        eval_split, eval_name = (a_half, "val") if a_half is not None else (data.val, "val")
+        if eval_split is None:
+            eval_split, eval_name = data.test, "test"
         ckpt = ctx.checkpoint_dir / "search.pt"
         stage, stage_epoch, records, wall = 0, 0, [], 0.0
         edge_ops: dict[str, list[list[str]]] | None = None
@@ -543,15 +584,22 @@ class OneShotSearch:
         log = HistoryLog(
             ctx.run_dir / "history.jsonl", records, [trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks]
         )
-        # A method whose steps read no validation batch (RSPS, ENAS: ``reads_val_batches = False``)
-        # passes over the weights' whole share; the others zip the halves, stopping at the shorter.
+        # An epoch passes over the weights' whole share when no step of the method reads a
+        # validation batch (RSPS, ENAS: ``reads_val_batches = False``) or when a single-level
+        # method trains on all the training images (SNAS: no second half); else it zips the
+        # halves, stopping at the shorter.
         weights_only = getattr(self.update, "reads_val_batches", True) is False
-        n_half = len(w_half) if weights_only else min(len(w_half), len(a_half))
+        whole = a_half is None or weights_only
+        n_half = len(w_half) if whole else min(len(w_half), len(a_half))
         batch_size = clamp_batch_size(
             self.batch_size,
             n_half,
             "search.batch_size",
-            "images in the weights' share" if weights_only else "images in each half of the search data",
+            "training images"
+            if a_half is None
+            else "images in the weights' share"
+            if weights_only
+            else "images in each half of the search data",
         )
         steps = -(-n_half // batch_size)
         console = get_console()
@@ -590,13 +638,13 @@ class OneShotSearch:
                         epoch_generator(self.seed, done - 1, 1),
                     )
                     train_it = trainer.batches(w_half, batch_size, gen_w, augment)
-                    pairs: Iterable[
-                        tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-                    ]
-                    if weights_only:  # no validation batch is drawn; the step gets the training one twice
-                        pairs = ((b, b) for b in train_it)
+                    # A validation batch is drawn (augmented, moved to the device) only for a step
+                    # that reads it; the epoch keeps its number of steps either way.
+                    if a_half is not None and stepper.reads_val_batch(arch_steps):
+                        val_it = trainer.batches(a_half, batch_size, gen_a, augment)
+                        pairs: Iterator[tuple[Any, Any]] = zip(train_it, val_it)
                     else:
-                        pairs = zip(train_it, trainer.batches(a_half, batch_size, gen_a, augment))
+                        pairs = ((b, (None, None)) for b in itertools.islice(train_it, steps))
                     for (xt, yt), (xv, yv) in pairs:
                         loss, c = stepper.step(xt, yt, xv, yv, arch_step=arch_steps)
                         loss_sum += loss * yt.numel()
@@ -611,6 +659,7 @@ class OneShotSearch:
                         def status(text: str, e: int = done) -> None:
                             advance(0, f"epoch {e} {text}")
 
+                        assert a_half is not None  # cell-sampling updates are never single-level
                         epoch_data = EpochData(
                             split=a_half,
                             batch_size=batch_size,
@@ -623,7 +672,8 @@ class OneShotSearch:
                         )
                         extra = stepper.end_epoch(epoch_data, arch_steps)
                         derived = stepper.derive(epoch_data)  # the network then runs the derived cell
-                    val_loss, val_acc = trainer.evaluate(stepper.model, a_half)
+                    eval_loss, eval_acc = trainer.evaluate(stepper.model, eval_split)
+                    val_loss, val_acc = (eval_loss, eval_acc) if eval_name == "val" else (None, None)
                     wall += time.perf_counter() - t0
                     record = {
                         "epoch": done,
@@ -632,6 +682,7 @@ class OneShotSearch:
                         "train_acc": 100.0 * correct / max(n, 1),
                         "val_loss": val_loss,
                         "val_acc": val_acc,
+                        **({"test_loss": eval_loss, "test_acc": eval_acc} if eval_name == "test" else {}),
                         "arch_steps": arch_steps,
                         "alphas": network.arch_weights(),
                         "genotype": (derived if derived is not None else network.genotype()).to_dict(),
@@ -672,7 +723,7 @@ class OneShotSearch:
                     )
                     console.print(
                         f"search epoch {done}/{self.epochs} loss {record['train_loss']:.4f} "
-                        f"train_acc {record['train_acc']:.2f} val_acc {val_acc:.2f} ({time.perf_counter() - t0:.1f}s)"
+                        f"train_acc {record['train_acc']:.2f} {eval_name}_acc {eval_acc:.2f} ({time.perf_counter() - t0:.1f}s)"
                         + ("" if arch_steps else " [weights only]")
                     )
                     if stopped is not None:

@@ -54,6 +54,7 @@ class SampledEdge(nn.Module):
         self.names = list(ops)
         self.stride = stride
         self.unsampled_weights = unsampled_weights
+        self.C = C
         self.ops = nn.ModuleList()
         for name in self.names:
             op = make_op(name, C, stride, affine=False)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from nasrun import UserError
 
-SCHEDULES = ("linear", "exponential")
+SCHEDULES = ("linear", "exponential", "linear_stepped")
 
 
 class ArchSampler(Protocol):
@@ -47,11 +47,18 @@ class ArchSampler(Protocol):
 
 
 def annealed(start: float, end: float, epoch: int, epochs: int, schedule: str) -> float:
-    """The temperature of ``epoch`` (from 0): ``start`` at the first epoch, ``end`` at the last.
+    """The temperature of ``epoch`` (from 0) of ``epochs``; ``end`` at the last epoch.
 
-    ``linear`` interpolates the value, ``exponential`` its logarithm (a constant factor per epoch).
-    A one-epoch search stays at ``start``.
+    ``linear`` interpolates the value, ``exponential`` its logarithm (a constant factor per epoch),
+    both from ``start`` at the first epoch; a one-epoch search stays at ``start``.
+    ``linear_stepped`` is SNAS's schedule, which steps once before every epoch, the first
+    included: epoch ``e`` runs at ``end + (start - end) * (1 - (e + 1) / epochs)``, so ``start`` is
+    the value before the first step (SNAS-Series ``SNAS/utils.py`` ``Temp_Scheduler``, lines
+    140-148, stepped at ``SNAS/train_search.py`` lines 314 and 323-325).
     """
+    if schedule == "linear_stepped":
+        e = min(max(epoch, 0), epochs - 1)
+        return max(end, end + (start - end) * (1.0 - (e + 1) / epochs))
     t = min(max(epoch, 0), epochs - 1) / max(epochs - 1, 1)
     if t in (0.0, 1.0):  # the end points exactly, without rounding
         return start if t == 0.0 else end
@@ -100,14 +107,14 @@ class GumbelSoftmax(_Annealed):
     Args:
         tau_start: the temperature of the first epoch.
         tau_end: the temperature of the last epoch (``<= tau_start``).
-        schedule: ``exponential`` (a constant factor per epoch) or ``linear``.
+        schedule: ``linear_stepped`` (SNAS's), ``linear`` or ``exponential`` (``annealed``).
     """
 
     def __init__(
         self,
-        tau_start: float = 1.0,  # nasrun's choice: the plain softmax's scale (SNAS anneals tau; values not cited)
-        tau_end: float = 0.03,  # nasrun's choice: near one-hot samples by the last epoch
-        schedule: str = "exponential",  # nasrun's choice: a constant factor per epoch
+        tau_start: float = 1.0,  # SNAS-Series SNAS/train_search.py:74 (--temp 1, as its README's search command)
+        tau_end: float = 0.03,  # SNAS-Series SNAS/train_search.py:75 (--temp_min 0.03)
+        schedule: str = "linear_stepped",  # SNAS-Series SNAS/utils.py:140-148, linear, stepped before each epoch
     ) -> None:
         super().__init__(tau_start, tau_end, schedule)
 

@@ -212,12 +212,16 @@ class CellSamplingStepper(DartsStepper):
         self.network.set_architecture({t: w.to(self.device) for t, w in weights.items()})
         return genotype
 
+    def reads_val_batch(self, arch_step: bool) -> bool:
+        """Never: a step trains the weights only (validation batches score cells after the epoch)."""
+        return False
+
     def step(
         self,
         x_train: torch.Tensor,
         y_train: torch.Tensor,
-        x_val: torch.Tensor,
-        y_val: torch.Tensor,
+        x_val: torch.Tensor | None,
+        y_val: torch.Tensor | None,
         arch_step: bool = True,
     ) -> tuple[float, int]:
         """One weight step on a freshly sampled cell (the validation batch is not used here)."""

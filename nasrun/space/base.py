@@ -182,7 +182,10 @@ class OneShotSpace(SearchSpace, Protocol):
         ...
 
     def derive(
-        self, weights: dict[str, Tensor], edge_ops: dict[str, list[list[str]]] | None = None
+        self,
+        weights: dict[str, Tensor],
+        edge_ops: dict[str, list[list[str]]] | None = None,
+        rule: str = "darts",
     ) -> Genotype:
         """The discrete cell from each cell type's ``[n_edges, n_ops]`` edge-op strengths.
 
@@ -190,6 +193,9 @@ class OneShotSpace(SearchSpace, Protocol):
             weights: per cell type, non-negative strengths (normalised weights, possibly scaled
                 per edge by the method).
             edge_ops: the candidate ops of each edge, as given to ``build_supernet``.
+            rule: ``darts`` (the method's own rule for this space) or ``every_edge`` (each
+                edge's strongest op, ``none`` included: SNAS). Spaces that keep every edge anyway
+                derive the same cell by both.
         """
         ...
 

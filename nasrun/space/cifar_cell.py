@@ -16,8 +16,12 @@ from torch import nn
 from nasrun import UserError
 from nasrun.space.base import EdgeFactory, Topology
 from nasrun.space.cifar_cell_supernet import CifarCellSupernet
-from nasrun.space.genotype import Genotype, GenotypeError, check_space
+from nasrun.space.genotype import Genotype, GenotypeError, check_space, edges_by_node
 from nasrun.space.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN, check_op, make_op
+
+#: How a one-shot search derives its cell (``search.derivation``): DARTS's two strongest inputs per
+#: node, or SNAS's strongest op on every edge (``none`` included, then left out).
+DERIVATIONS = ("darts", "every_edge")
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:
@@ -34,6 +38,12 @@ def check_layers(layers: int, key: str = "space.layers") -> None:
         )
 
 
+def node_counts(genotype: Genotype, kind: str) -> list[int]:
+    """Edges into each intermediate node of the ``kind`` cell: the genotype's own, else two per node."""
+    edges, _, own = genotype.cell(kind)
+    return list(own) if own else [2] * (len(edges) // 2)
+
+
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     """Zero whole samples with probability ``drop_prob`` and rescale the rest (Larsson et al. 2017)."""
     keep = 1.0 - drop_prob
@@ -42,7 +52,14 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 
 class Cell(nn.Module):
-    """A discrete cell built from a genotype's edges (two per intermediate node)."""
+    """A discrete cell built from a genotype's edges, node by node.
+
+    Node ``i`` sums its edges ``per_node[i]`` (two in a DARTS cell; any number in a cell SNAS
+    derives). A node without edges outputs zeros of the cell's output shape: SNAS's retraining
+    builds such a node from ``none`` edges, whose sum is zero, and keeps it in the concatenation
+    (SNAS-Series ``SNAS/model_edge_all.py``, ``Cell._compile`` / ``forward``), so the cell's width
+    does not depend on it.
+    """
 
     def __init__(
         self,
@@ -53,6 +70,7 @@ class Cell(nn.Module):
         C: int,
         reduction: bool,
         reduction_prev: bool,
+        per_node: Sequence[int] | None = None,
     ):
         super().__init__()
         self.preprocess0 = (
@@ -60,7 +78,9 @@ class Cell(nn.Module):
         )
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
         self.reduction = reduction
+        self.C = C
         self.inputs = [j for _, j in edges]
+        self.per_node = list(per_node) if per_node is not None else [2] * (len(edges) // 2)
         self.concat = list(concat)
         self.multiplier = len(self.concat)
         self.ops = nn.ModuleList(make_op(name, C, 2 if reduction and j < 2 else 1) for name, j in edges)
@@ -68,16 +88,25 @@ class Cell(nn.Module):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for k in range(0, len(self.ops), 2):
-            node = 0
-            for op, j, ident in zip(self.ops[k : k + 2], self.inputs[k : k + 2], self.is_identity[k : k + 2]):
+        k = 0
+        for n in self.per_node:
+            node: torch.Tensor | None = None
+            for op, j, ident in zip(self.ops[k : k + n], self.inputs[k : k + n], self.is_identity[k : k + n]):
                 h = op(states[j])
                 # Identity edges are never dropped: dropping them would remove the only gradient path.
                 if self.training and drop_prob > 0.0 and not ident:
                     h = drop_path(h, drop_prob)
-                node = node + h
-            states.append(node)
+                node = h if node is None else node + h
+            k += n
+            states.append(node if node is not None else self._zeros(states[1]))
         return torch.cat([states[i] for i in self.concat], dim=1)
+
+    def _zeros(self, s1: torch.Tensor) -> torch.Tensor:
+        """An input-less node: zeros at the cell's output resolution (halved, rounding up, if reducing)."""
+        B, _, H, W = s1.shape
+        if self.reduction:
+            H, W = (H + 1) // 2, (W + 1) // 2
+        return s1.new_zeros(B, self.C, H, W)
 
 
 class AuxiliaryHead(nn.Module):
@@ -147,12 +176,18 @@ class CifarCellNetwork(nn.Module):
             reduction = i in reductions
             if reduction:
                 C_curr *= 2
-            edges, concat = (
-                (genotype.reduce, genotype.reduce_concat)
-                if reduction
-                else (genotype.normal, genotype.normal_concat)
+            kind = "reduce" if reduction else "normal"
+            edges, concat, _ = genotype.cell(kind)
+            cell = Cell(
+                edges,
+                concat,
+                C_prev_prev,
+                C_prev,
+                C_curr,
+                reduction,
+                reduction_prev,
+                node_counts(genotype, kind),
             )
-            cell = Cell(edges, concat, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
             self.cells.append(cell)
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
@@ -251,7 +286,13 @@ class CifarCellSpace:
     def encode(self, genotype: Genotype) -> list[int]:
         self.validate(genotype)
         out: list[int] = []
-        for edges in (genotype.normal, genotype.reduce):
+        for kind in ("normal", "reduce"):
+            edges, _, _ = genotype.cell(kind)
+            if node_counts(genotype, kind) != [2] * self.nodes:
+                raise GenotypeError(
+                    f"genotype.{kind}_nodes: {node_counts(genotype, kind)}: the decisions of this space "
+                    "take two inputs per node"
+                )
             for i in range(self.nodes):
                 (o1, j1), (o2, j2) = edges[2 * i], edges[2 * i + 1]
                 out += [j1, j2, self.choosable_ops.index(o1), self.choosable_ops.index(o2)]
@@ -260,34 +301,48 @@ class CifarCellSpace:
     def validate(self, genotype: Genotype, sized: bool = True) -> None:
         """Raise ``GenotypeError`` naming the first edge or key that does not fit this space.
 
+        A node may have any number of edges (``normal_nodes`` / ``reduce_nodes``), none included;
+        without them a cell has two per node.
+
         Args:
             genotype: the genotype to check.
             sized: also require ``space.nodes`` nodes per cell. ``False`` checks only the cell
                 family's rules, each cell with its own node count (a cell retrained as given).
         """
         check_space(genotype, self.name)
-        for cell, edges, concat in (
-            ("normal", genotype.normal, genotype.normal_concat),
-            ("reduce", genotype.reduce, genotype.reduce_concat),
-        ):
-            nodes = self.nodes if sized else max(1, len(edges) // 2)
-            if len(edges) != 2 * nodes:
-                raise GenotypeError(
-                    f"genotype.{cell}: expected {2 * nodes} edges (2 per node, {nodes} nodes), got {len(edges)}"
-                )
-            for k, (op, j) in enumerate(edges):
+        for cell in ("normal", "reduce"):
+            edges, concat, own = genotype.cell(cell)
+            if own:
+                counts = list(own)
+                if sized and len(counts) != self.nodes:
+                    raise GenotypeError(
+                        f"genotype.{cell}_nodes: {len(counts)} nodes, space.nodes={self.nodes}"
+                    )
+                if not counts:
+                    raise GenotypeError(f"genotype.{cell}_nodes: a cell needs at least one node")
+            else:
+                nodes = self.nodes if sized else max(1, len(edges) // 2)
+                if len(edges) != 2 * nodes:
+                    raise GenotypeError(
+                        f"genotype.{cell}: expected {2 * nodes} edges (2 per node, {nodes} nodes), got {len(edges)}"
+                    )
+                counts = [2] * nodes
+            targets = [2 + i for i, n in enumerate(counts) for _ in range(n)]
+            for k, ((op, j), node) in enumerate(zip(edges, targets, strict=True)):
                 check_op(op, f"genotype.{cell}[{k}]")
                 if op == "none":
-                    raise GenotypeError(f"genotype.{cell}[{k}]: 'none' cannot be an edge of a derived cell")
+                    raise GenotypeError(
+                        f"genotype.{cell}[{k}]: 'none' cannot be an edge of a derived cell (leave the edge out)"
+                    )
                 if op not in self.choosable_ops:
                     raise GenotypeError(
                         f"genotype.{cell}[{k}]: operation {op!r} is not in space.ops {self.choosable_ops}"
                     )
-                node = k // 2 + 2
                 if j >= node:
                     raise GenotypeError(
                         f"genotype.{cell}[{k}]: node {node} cannot take input {j} (must be < {node})"
                     )
+            nodes = len(counts)
             bad = [c for c in concat if not 2 <= c < 2 + nodes]
             if bad or not concat:
                 raise GenotypeError(
@@ -295,12 +350,12 @@ class CifarCellSpace:
                 )
 
     def describe(self, genotype: Genotype) -> str:
-        def cell(edges: Sequence[tuple[str, int]]) -> str:
-            return " | ".join(
-                " ".join(f"{op}~{j}" for op, j in edges[k : k + 2]) for k in range(0, len(edges), 2)
-            )
+        def cell(kind: str) -> str:
+            edges, _, _ = genotype.cell(kind)
+            groups = edges_by_node(edges, node_counts(genotype, kind))
+            return " | ".join(" ".join(f"{op}~{j}" for op, j in g) or "-" for g in groups)
 
-        return f"normal: {cell(genotype.normal)} ; reduce: {cell(genotype.reduce)}"
+        return f"normal: {cell('normal')} ; reduce: {cell('reduce')}"
 
     def build_network(
         self,
@@ -362,40 +417,63 @@ class CifarCellSpace:
         )
 
     def derive(
-        self, weights: dict[str, torch.Tensor], edge_ops: dict[str, list[list[str]]] | None = None
+        self,
+        weights: dict[str, torch.Tensor],
+        edge_ops: dict[str, list[list[str]]] | None = None,
+        rule: str = "darts",
     ) -> Genotype:
-        """DARTS's derivation (Liu et al. 2019, Sec. 2.4).
+        """The discrete cell by ``rule``.
 
-        For each intermediate node keep the 2 incoming edges whose strongest non-``none`` op is
-        strongest, each with that op. Exact ties keep the lower input first.
+        ``darts`` (Liu et al. 2019, Sec. 2.4): for each intermediate node keep the 2 incoming
+        edges whose strongest non-``none`` op is strongest, each with that op; exact ties keep the
+        lower input first.
+
+        ``every_edge`` (SNAS, Xie et al. 2019; SNAS-Series ``SNAS/model_search.py``,
+        ``genotype_edge_all``): every edge takes its strongest op, ``none`` included, and an edge
+        whose strongest op is ``none`` is left out, so a node keeps any number of inputs (none at
+        all, too); ``normal_nodes`` / ``reduce_nodes`` record how many. A node's edges are listed
+        strongest first, as the reference lists them (exact ties: the lower input first).
         """
+        if rule not in DERIVATIONS:
+            raise UserError(f"search.derivation={rule!r}: must be one of {', '.join(DERIVATIONS)}")
         topo = self.topology()
 
-        def parse(W: torch.Tensor, ops: list[list[str]]) -> tuple[tuple[str, int], ...]:
+        def parse(
+            W: torch.Tensor, ops: list[list[str]]
+        ) -> tuple[tuple[tuple[str, int], ...], tuple[int, ...]]:
             W = W.detach().float().cpu().clone()
-            for e, names in enumerate(ops):
-                for k, name in enumerate(names):
-                    if name == "none":
-                        W[e, k] = -1.0  # never pick `none`
+            if rule == "darts":
+                for e, names in enumerate(ops):
+                    for k, name in enumerate(names):
+                        if name == "none":
+                            W[e, k] = -1.0  # never pick `none`
             edges: list[tuple[str, int]] = []
+            counts: list[int] = []
             for node in topo.node_slices():
                 block = W[node]
                 strength = block.max(dim=1).values
                 n_in = block.shape[0]
                 # A stable sort keeps the lower input first on exact ties.
-                top = sorted(range(n_in), key=lambda j: -float(strength[j]))[:2]
-                edges += [(ops[node.start + j][int(block[j].argmax())], j) for j in top]
-            return tuple(edges)
+                order = sorted(range(n_in), key=lambda j: -float(strength[j]))
+                picked = [(ops[node.start + j][int(block[j].argmax())], j) for j in order]
+                kept = picked[:2] if rule == "darts" else [(op, j) for op, j in picked if op != "none"]
+                edges += kept
+                counts.append(len(kept))
+            return tuple(edges), (tuple(counts) if rule == "every_edge" else ())
 
         if edge_ops is None:
             edge_ops = topo.full_edge_ops()
         concat = tuple(range(2, 2 + self.nodes))
+        normal, normal_nodes = parse(weights["normal"], edge_ops["normal"])
+        reduce, reduce_nodes = parse(weights["reduce"], edge_ops["reduce"])
         return Genotype(
-            parse(weights["normal"], edge_ops["normal"]),
+            normal,
             concat,
-            parse(weights["reduce"], edge_ops["reduce"]),
+            reduce,
             concat,
             space=self.name,
+            normal_nodes=normal_nodes,
+            reduce_nodes=reduce_nodes,
         )
 
     def genotype_weights(
@@ -403,7 +481,7 @@ class CifarCellSpace:
     ) -> dict[str, torch.Tensor]:
         """Per cell type ``[n_edges, n_ops]``: a 1 at (edge, op) for each of the genotype's edges.
 
-        Node ``i``'s two genotype edges ``(op, j)`` sit on the supernet edge from state ``j`` to
+        Node ``i``'s genotype edges ``(op, j)`` sit on the supernet edge from state ``j`` to
         node ``i``; the other edges stay all 0. A node that takes the same input twice gets both
         ops on that edge (the same op twice counts 2).
         """
@@ -413,11 +491,13 @@ class CifarCellSpace:
             edge_ops = topo.full_edge_ops()
         starts = [sl.start for sl in topo.node_slices()]
         out: dict[str, torch.Tensor] = {}
-        for kind, edges in (("normal", genotype.normal), ("reduce", genotype.reduce)):
+        for kind in ("normal", "reduce"):
+            edges, _, _ = genotype.cell(kind)
+            nodes = [i for i, n in enumerate(node_counts(genotype, kind)) for _ in range(n)]
             ops = edge_ops[kind]
             W = torch.zeros(len(topo.edges), len(ops[0]))
             for k, (op, j) in enumerate(edges):
-                e = starts[k // 2] + j
+                e = starts[nodes[k]] + j
                 if op not in ops[e]:
                     raise GenotypeError(
                         f"genotype.{kind}[{k}]: {op!r} is not a candidate of edge {e} ({ops[e]})"

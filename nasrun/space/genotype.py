@@ -3,8 +3,12 @@
 A genotype lists, for each cell kind, the chosen ``(op, input)`` edges in node order and the nodes
 whose outputs are concatenated into the cell output. Inputs ``0`` and ``1`` are the outputs of the
 two previous cells; ``2..`` are the cell's own intermediate nodes (DARTS numbering, Liu et al. 2019).
-How edges are grouped into nodes is the search space's knowledge (two per node in the DARTS cell
-space, ``i`` for node ``i`` in NAS-Bench-201).
+
+How edges are grouped into nodes is the search space's default (two per node in the DARTS cell
+space, ``i`` for node ``i`` in NAS-Bench-201) unless the genotype says otherwise:
+``normal_nodes`` / ``reduce_nodes`` give the number of edges into each intermediate node, in node
+order, so a cell may have nodes with one, three or no inputs (SNAS keeps every edge whose strongest
+op is not ``none``, Xie et al. 2019). Files without these keys load as before.
 """
 
 from __future__ import annotations
@@ -45,12 +49,24 @@ def _edges(value: Any, where: str) -> tuple[Edge, ...]:
     return tuple(out)
 
 
-def _ints(value: Any, where: str) -> tuple[int, ...]:
+def _ints(value: Any, where: str, what: str = "node indices") -> tuple[int, ...]:
     if not isinstance(value, (list, tuple)) or not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
-        raise GenotypeError(f"{where}: expected a list of node indices, got {value!r}")
+        raise GenotypeError(f"{where}: expected a list of {what}, got {value!r}")
     return tuple(int(v) for v in value)
+
+
+def _counts(value: Any, edges: tuple[Edge, ...], where: str) -> tuple[int, ...]:
+    """Edges per node: non-negative, adding up to the cell's edges (``()``: the space's default)."""
+    counts = _ints(list(value), where, "edge counts per node")
+    if any(c < 0 for c in counts):
+        raise GenotypeError(f"{where}: edge counts must be >= 0, got {list(counts)}")
+    if counts and sum(counts) != len(edges):
+        raise GenotypeError(
+            f"{where}: {list(counts)} accounts for {sum(counts)} edges, the cell lists {len(edges)}"
+        )
+    return counts
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,9 @@ class Genotype:
         reduce: ``(op, input)`` edges of the reduction cell (empty for single-cell spaces).
         reduce_concat: nodes concatenated into the reduction cell's output.
         space: name of the search space the genotype belongs to.
+        normal_nodes: edges into each intermediate node of the normal cell, in node order; ``()``:
+            the space's default grouping (two per node in the DARTS cell space).
+        reduce_nodes: the same for the reduction cell.
     """
 
     normal: tuple[Edge, ...]
@@ -70,6 +89,14 @@ class Genotype:
     reduce: tuple[Edge, ...] = ()
     reduce_concat: tuple[int, ...] = ()
     space: str = "cifar_cell"
+    normal_nodes: tuple[int, ...] = ()
+    reduce_nodes: tuple[int, ...] = ()
+
+    def cell(self, kind: str) -> tuple[tuple[Edge, ...], tuple[int, ...], tuple[int, ...]]:
+        """``(edges, concat, edges per node)`` of the ``normal`` or ``reduce`` cell."""
+        if kind == "normal":
+            return self.normal, self.normal_concat, self.normal_nodes
+        return self.reduce, self.reduce_concat, self.reduce_nodes
 
     def ops(self) -> set[str]:
         """Every operation name the genotype uses."""
@@ -83,6 +110,11 @@ class Genotype:
             "reduce": [list(e) for e in self.reduce],
             "reduce_concat": list(self.reduce_concat),
         }
+        # Written only when set, so a cell of two edges per node keeps the file it always had.
+        if self.normal_nodes:
+            d["normal_nodes"] = list(self.normal_nodes)
+        if self.reduce_nodes:
+            d["reduce_nodes"] = list(self.reduce_nodes)
         return d
 
     @classmethod
@@ -94,7 +126,16 @@ class Genotype:
         """
         if not hasattr(d, "keys"):
             raise GenotypeError(f"{where}: expected a mapping with keys normal, normal_concat, ...")
-        known = {"space", "normal", "normal_concat", "reduce", "reduce_concat", "name"}
+        known = {
+            "space",
+            "normal",
+            "normal_concat",
+            "reduce",
+            "reduce_concat",
+            "normal_nodes",
+            "reduce_nodes",
+            "name",
+        }
         unknown = sorted(set(d.keys()) - known)
         if unknown:
             raise GenotypeError(f"{where}: unknown key {unknown[0]!r} (expected one of {sorted(known)})")
@@ -104,12 +145,16 @@ class Genotype:
         space = d.get("space", "cifar_cell")
         if not isinstance(space, str):
             raise GenotypeError(f"{where}.space: expected a string, got {space!r}")
+        normal = _edges(list(d["normal"]), f"{where}.normal")
+        reduce = _edges(list(d.get("reduce", [])), f"{where}.reduce")
         return cls(
-            normal=_edges(list(d["normal"]), f"{where}.normal"),
+            normal=normal,
             normal_concat=_ints(list(d["normal_concat"]), f"{where}.normal_concat"),
-            reduce=_edges(list(d.get("reduce", [])), f"{where}.reduce"),
+            reduce=reduce,
             reduce_concat=_ints(list(d.get("reduce_concat", [])), f"{where}.reduce_concat"),
             space=space,
+            normal_nodes=_counts(d.get("normal_nodes") or [], normal, f"{where}.normal_nodes"),
+            reduce_nodes=_counts(d.get("reduce_nodes") or [], reduce, f"{where}.reduce_nodes"),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -228,9 +228,15 @@ class NB201Space:
         )
 
     def derive(
-        self, weights: dict[str, torch.Tensor], edge_ops: dict[str, list[list[str]]] | None = None
+        self,
+        weights: dict[str, torch.Tensor],
+        edge_ops: dict[str, list[list[str]]] | None = None,
+        rule: str = "darts",
     ) -> Genotype:
-        """Each edge's strongest op, ``none`` included (Dong & Yang 2020); ties keep the first op."""
+        """Each edge's strongest op, ``none`` included (Dong & Yang 2020); ties keep the first op.
+
+        Every edge stays in this space's cell, so ``rule`` (``darts`` or ``every_edge``) changes nothing.
+        """
         ops = edge_ops["normal"] if edge_ops is not None else self.topology().full_edge_ops()["normal"]
         W = weights["normal"].detach().float().cpu()
         edges = tuple((ops[e][int(W[e].argmax())], inp) for e, inp in enumerate(EDGE_INPUTS))

@@ -61,6 +61,7 @@ def test_supernet_skeleton_takes_the_methods_edges_and_weights() -> None:
 
 def test_unknown_genotype_name_is_one_line_listing_the_options() -> None:
     with pytest.raises(
-        UserError, match=r"genotype=nope: no such file in conf/genotype/ \(options: darts_v1, darts_v2\)"
+        UserError,
+        match=r"genotype=nope: no such file in conf/genotype/ \(options: darts_v1, darts_v2, snas_aggressive, snas_mild\)",
     ):
         named_genotype("nope")

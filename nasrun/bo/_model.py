@@ -206,7 +206,9 @@ class _Ensemble:
     def condition_on_observations(
         self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any
     ) -> Any:
-        # gpytorch infers the batch from the training data: give every sample its own copy.
+        # As SaasFullyBayesianSingleTaskGP's: gpytorch infers the batch from the training data, so
+        # observations shared by all samples get a copy per sample. (Also keeps mypy's view of the
+        # two bases' conflicting signatures of this method in one place.)
         batch = self.batch_shape  # type: ignore[attr-defined]
         if X.ndim == 2:
             X = X.expand(*batch, *X.shape)

@@ -27,7 +27,7 @@ from nasrun.bo import (
     prepare_sweeper_args,
 )
 from nasrun.bo._acquisition import build_acquisition
-from nasrun.bo._model import _Coordinates, ensemble_size, fit_model, member, slice_sweep
+from nasrun.bo._model import _Coordinates, believer, ensemble_size, fit_model, member, slice_sweep
 from nasrun.bo._optimize import unit_to_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,6 +68,12 @@ def test_mcmc_model_holds_several_hyperparameter_samples() -> None:
     # The posterior is a mixture over the samples, which the acquisition functions average over.
     posterior = model.posterior(X[:3])
     assert posterior.mean.shape == (6, 3, 1) and posterior.mixture_mean.shape == (3, 1)
+    # Each sample can be conditioned on pending points (the kriging believer), the mean kept.
+    pending = torch.tensor([[0.3, 0.6]], dtype=torch.float64)
+    after = believer(model, pending).posterior(pending)
+    before = model.posterior(pending)
+    assert torch.allclose(after.mean, before.mean, atol=1e-3 * Y.std().item())
+    assert (after.variance < 0.1 * before.variance).all()
 
 
 @pytest.mark.parametrize("kind", [Acquisition.logei, Acquisition.ucb])

@@ -348,7 +348,8 @@ def slice_sweep(
         log_density: Unnormalised log density of a flat ``Tensor``; ``-inf`` outside the support.
         x: The current point.
         lp: ``log_density(x)``.
-        width: Initial interval width, in the units of ``x`` (Spearmint's ``sigma``: 1).
+        width: Initial interval width, in the units of ``x`` (Spearmint's ``sigma``: 1,
+            spearmint/util.py:34).
         max_steps: Stepping-out limit per side.
 
     Returns:

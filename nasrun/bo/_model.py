@@ -1,4 +1,4 @@
-"""The Gaussian-process surrogate: kernels, priors, the MAP and SAAS fits, and pending-point fantasies.
+"""The Gaussian-process surrogate: kernels, priors, the MAP, MCMC and SAAS fits, pending-point fantasies.
 
 Everything numeric is BoTorch's or GPyTorch's; this module only picks the pieces and their
 settings. All tensors are float64 (BoTorch's recommendation for GP fitting). The model always
@@ -17,6 +17,8 @@ from botorch.fit import fit_gpytorch_mll
 from botorch.models import MixedSingleTaskGP, SingleTaskGP
 from botorch.models.model import Model
 from botorch.models.transforms import Normalize, Standardize
+from botorch.posteriors.fully_bayesian import MCMC_DIM, GaussianMixturePosterior
+from gpytorch import settings as gpytorch_settings
 from gpytorch.constraints import GreaterThan
 from gpytorch.kernels import Kernel as GPKernel
 from gpytorch.kernels import MaternKernel, RBFKernel, ScaleKernel
@@ -100,8 +102,7 @@ def fit_model(
         The fitted model, in eval mode; its posterior is in the units of ``Y``.
     """
     d = space.dim
-    cat = sorted(space.cat_dims)
-    cont = [i for i in range(d) if i not in cat]
+    cont = [i for i in range(d) if i not in space.cat_dims]
     # Integer and real columns are already in [0, 1]; Normalize with fixed bounds states that
     # explicitly and keeps categorical columns untouched, as MixedSingleTaskGP requires.
     normalize = (
@@ -112,31 +113,7 @@ def fit_model(
     if settings.model is ModelKind.fully_bayesian:
         return _fit_saas(X, Y, space, settings, normalize)
     phase = "refine" if refine and not settings.noisy else "explore"
-    likelihood = GaussianLikelihood(
-        noise_prior=LogNormalPrior(loc=NOISE_PRIOR_LOC[phase], scale=1.0),
-        noise_constraint=GreaterThan(NOISE_FLOOR[settings.noisy], transform=None, initial_value=1e-3),
-    )
-    if cat:
-        model: Model = MixedSingleTaskGP(
-            X,
-            Y,
-            cat_dims=cat,
-            likelihood=likelihood,
-            input_transform=normalize,
-            outcome_transform=Standardize(m=1),
-            cont_kernel_factory=lambda batch_shape, ard_num_dims, active_dims: _base_kernel(
-                settings.kernel, ard_num_dims, active_dims, batch_shape
-            ),
-        )
-    else:
-        model = SingleTaskGP(
-            X,
-            Y,
-            likelihood=likelihood,
-            covar_module=_scaled_kernel(settings.kernel, d),
-            input_transform=normalize,
-            outcome_transform=Standardize(m=1),
-        )
+    model = _build(X, Y, space, settings, phase)
     if warm_start is not None:
         model.load_state_dict(warm_start, strict=False)
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
@@ -144,15 +121,274 @@ def fit_model(
         # Poorly conditioned fits are retried by fit_gpytorch_mll; its warnings are noise for users.
         warnings.simplefilter("ignore")
         fit_gpytorch_mll(mll)
+    if settings.model is ModelKind.mcmc:
+        return _integrate(model, X, Y, space, settings, phase)
     return model.eval()
+
+
+def _build(
+    X: Tensor, Y: Tensor, space: ParamSpace, settings: BOSettings, phase: str, ensemble: int = 0
+) -> Model:
+    """The unfitted MAP model, or with ``ensemble`` > 0 that many copies batched as an ensemble."""
+    d = space.dim
+    cat = sorted(space.cat_dims)
+    cont = [i for i in range(d) if i not in cat]
+    batch = torch.Size([ensemble]) if ensemble else torch.Size()
+    if ensemble:
+        X, Y = X.expand(ensemble, *X.shape), Y.expand(ensemble, *Y.shape)
+    normalize = (
+        Normalize(d=d, indices=cont, bounds=torch.tensor([[0.0] * len(cont), [1.0] * len(cont)], dtype=DTYPE))
+        if cont
+        else None
+    )
+    likelihood = GaussianLikelihood(
+        batch_shape=batch,
+        noise_prior=LogNormalPrior(loc=NOISE_PRIOR_LOC[phase], scale=1.0),
+        noise_constraint=GreaterThan(NOISE_FLOOR[settings.noisy], transform=None, initial_value=1e-3),
+    )
+    standardize = Standardize(m=1, batch_shape=batch)
+    if cat:
+        return (_EnsembleMixedGP if ensemble else MixedSingleTaskGP)(
+            X,
+            Y,
+            cat_dims=cat,
+            likelihood=likelihood,
+            input_transform=normalize,
+            outcome_transform=standardize,
+            cont_kernel_factory=lambda batch_shape, ard_num_dims, active_dims: _base_kernel(
+                settings.kernel, ard_num_dims, active_dims, batch_shape
+            ),
+        )
+    return (_EnsembleGP if ensemble else SingleTaskGP)(
+        X,
+        Y,
+        likelihood=likelihood,
+        covar_module=_scaled_kernel(settings.kernel, d, batch_shape=batch),
+        input_transform=normalize,
+        outcome_transform=standardize,
+    )
 
 
 def hyperparameters(model: Model) -> dict[str, Tensor] | None:
     """The fitted kernel, mean and noise parameters of a MAP model, for ``fit_model(warm_start=...)``."""
+    if isinstance(model, _Ensemble):
+        return model.map_fit  # the MAP fit its chain started from
     if getattr(model, "_is_fully_bayesian", False):
         return None  # MCMC samples, not a point estimate: nothing to warm-start
     skip = ("outcome_transform.", "input_transform.")
     return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+class _Ensemble:
+    """A GP batched over hyperparameter samples, which BoTorch treats as a fully Bayesian ensemble.
+
+    The same mechanism as BoTorch's ``SaasFullyBayesianSingleTaskGP``: the posterior evaluates every
+    sample at once along ``MCMC_DIM`` and comes back as a ``GaussianMixturePosterior``, and the
+    acquisition functions, seeing ``_is_ensemble``, average their value over that dimension.
+    """
+
+    _is_fully_bayesian = True
+    _is_ensemble = True
+    map_fit: dict[str, Tensor] | None = None  # the MAP fit the chain started from (next warm start)
+    samples: list[dict[str, Tensor]]  # each sample's parameters, as the unbatched model names them
+    _single: Any  # builds the unbatched model
+
+    def member(self, i: int) -> Model:
+        """The unbatched GP with the ``i``-th sample's hyperparameters."""
+        model = self._single()
+        model.load_state_dict(self.samples[i], strict=False)
+        return model.eval()
+
+    def posterior(self, X: Tensor, *args: Any, **kwargs: Any) -> GaussianMixturePosterior:
+        posterior = super().posterior(X.unsqueeze(MCMC_DIM), *args, **kwargs)  # type: ignore[misc]
+        return GaussianMixturePosterior(distribution=posterior.distribution)
+
+    def condition_on_observations(
+        self, X: Tensor, Y: Tensor, noise: Tensor | None = None, **kwargs: Any
+    ) -> Any:
+        # As SaasFullyBayesianSingleTaskGP's: gpytorch infers the batch from the training data, so
+        # observations shared by all samples get a copy per sample. (Also keeps mypy's view of the
+        # two bases' conflicting signatures of this method in one place.)
+        batch = self.batch_shape  # type: ignore[attr-defined]
+        if X.ndim == 2:
+            X = X.expand(*batch, *X.shape)
+        if Y.ndim == 2:
+            Y = Y.expand(*batch, *Y.shape)
+        if noise is not None:
+            kwargs["noise"] = noise
+        return super().condition_on_observations(X, Y, **kwargs)  # type: ignore[misc]
+
+
+class _EnsembleGP(_Ensemble, SingleTaskGP):
+    pass
+
+
+class _EnsembleMixedGP(_Ensemble, MixedSingleTaskGP):
+    pass
+
+
+def _integrate(
+    model: Model, X: Tensor, Y: Tensor, space: ParamSpace, settings: BOSettings, phase: str
+) -> Model:
+    """The ensemble of ``settings.mcmc_samples`` hyperparameter draws, starting from the MAP ``model``.
+
+    Every hyperparameter with a prior (length scales, amplitude, noise) is slice-sampled, one
+    coordinate at a time in log space, from its posterior: the marginal likelihood times the prior.
+    The rest (the constant mean; in spaces with ``choice`` parameters the categorical kernel's
+    length scales and the amplitudes BoTorch gives no prior) keep their MAP values.
+    """
+    map_fit = hyperparameters(model)
+    model.train()
+    coords = _Coordinates(model)
+    gp: Any = model
+    train_x = gp.transform_inputs(gp.train_inputs[0])
+    train_y = gp.train_targets  # standardised
+    eye = torch.eye(len(train_y), dtype=DTYPE)
+
+    def log_density(u: Tensor) -> float:
+        """log p(y | θ) + log p(θ) + log |dθ/du|: the posterior of ``u = log θ``, unnormalised."""
+        if bool((u < coords.lower).any()) or bool((u > coords.upper).any()):
+            return -math.inf
+        prior = coords.set(u)
+        # The marginal likelihood written out (the same value as gpytorch's ExactMarginalLogLikelihood
+        # times n, without the cost of its lazy tensors; this is the sampler's inner loop).
+        with gpytorch_settings.lazily_evaluate_kernels(False):
+            K = gp.covar_module(train_x).to_dense() + gp.likelihood.noise * eye
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            return -math.inf
+        r = (train_y - gp.mean_module.constant).unsqueeze(-1)
+        fit = -0.5 * float((r * torch.cholesky_solve(r, L)).sum()) - float(L.diagonal().log().sum())
+        value = fit + prior + float(u.sum())
+        return value if math.isfinite(value) else -math.inf
+
+    u = coords.get()
+    samples = []
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jitter added to near-singular covariances: expected here
+        lp = log_density(u)
+        for sweep in range(settings.mcmc_burn_in + settings.mcmc_samples):
+            u, lp = slice_sweep(log_density, u, lp)
+            if sweep >= settings.mcmc_burn_in:
+                coords.set(u)
+                samples.append({k: v.detach().clone() for k, v in model.named_parameters()})
+    ensemble: Any = _build(X, Y, space, settings, phase, ensemble=len(samples))
+    stacked = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+    ensemble.load_state_dict(stacked, strict=False)
+    ensemble.map_fit = map_fit
+    ensemble.samples = samples
+    ensemble._single = lambda: _build(X, Y, space, settings, phase)
+    return ensemble.eval()
+
+
+class _Coordinates:
+    """The log values of a model's prior-carrying hyperparameters as one flat vector, and back.
+
+    Written straight into the raw parameters (through their constraints' inverse transforms)
+    rather than through gpytorch's setters: this runs in the slice sampler's inner loop.
+    """
+
+    def __init__(self, model: Model) -> None:
+        self.entries: list[tuple[Any, Any, Any, torch.Size]] = []
+        lower = []
+        gp: Any = model
+        for name, module, prior, closure, _setting in gp.named_priors():
+            # "<what>_prior" belongs to the raw parameter "raw_<what>" of the same module.
+            what = name.rsplit(".", 1)[-1].removesuffix("_prior")
+            raw = getattr(module, f"raw_{what}", None)
+            if raw is None:
+                continue
+            constraint = module.constraint_for_parameter_name(f"raw_{what}")
+            value = closure(module)
+            self.entries.append((raw, constraint, prior, value.shape))
+            bound = float(getattr(constraint, "lower_bound", 0.0)) if constraint is not None else 0.0
+            lower += [math.log(bound) if bound > 0 else -math.inf] * value.numel()
+        # Beyond e^±12 of the unit cube and standardised values a GP is degenerate: cap the slices.
+        self.lower = torch.tensor(lower, dtype=DTYPE).clamp_min(-12.0)
+        self.upper = torch.full_like(self.lower, 12.0)
+
+    def values(self, u: Tensor) -> list[Tensor]:
+        """The hyperparameters at ``u``, one tensor per prior, shaped as their parameters."""
+        out, i = [], 0
+        for _raw, _constraint, _prior, shape in self.entries:
+            out.append(u[i : i + shape.numel()].exp().reshape(shape))
+            i += shape.numel()
+        return out
+
+    def get(self) -> Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    (constraint.transform(raw) if constraint is not None else raw).reshape(-1).log()
+                    for raw, constraint, _prior, _shape in self.entries
+                ]
+            )
+
+    def set(self, u: Tensor) -> float:
+        """Writes ``u`` into the model; returns the log prior density of the values."""
+        log_prior = 0.0
+        with torch.no_grad():
+            for (raw, constraint, prior, _shape), value in zip(self.entries, self.values(u), strict=True):
+                raw.copy_(constraint.inverse_transform(value) if constraint is not None else value)
+                log_prior += float(prior.log_prob(value).sum())
+        return log_prior
+
+
+def slice_sweep(
+    log_density: Any, x: Tensor, lp: float, width: float = 1.0, max_steps: int = 20
+) -> tuple[Tensor, float]:
+    """One sweep of coordinate-wise slice sampling (Neal 2003, stepping out and shrinkage).
+
+    Each coordinate, in random order, moves to a uniform point of the slice
+    ``{x_i : log_density(x) > lp + log U}``, found by stepping out ``width`` at a time (at most
+    ``max_steps`` each way) and shrinking the interval towards the current value on rejection.
+    The random numbers come from torch's global generator (the engine seeds it per proposal).
+
+    Args:
+        log_density: Unnormalised log density of a flat ``Tensor``; ``-inf`` outside the support.
+        x: The current point.
+        lp: ``log_density(x)``.
+        width: Initial interval width, in the units of ``x`` (Spearmint's ``sigma``: 1,
+            spearmint/util.py:34).
+        max_steps: Stepping-out limit per side.
+
+    Returns:
+        The new point and its log density.
+    """
+    x = x.clone()
+    for i in torch.randperm(len(x)).tolist():
+        level = lp + math.log(float(torch.rand(())))
+        x0 = float(x[i])
+
+        def at(v: float, i: int = i) -> float:
+            x[i] = v
+            return log_density(x)
+
+        left = x0 - width * float(torch.rand(()))
+        right = left + width
+        for _ in range(max_steps):
+            if at(left) <= level:
+                break
+            left -= width
+        for _ in range(max_steps):
+            if at(right) <= level:
+                break
+            right += width
+        while True:
+            v = left + (right - left) * float(torch.rand(()))
+            new = at(v)
+            if new > level:
+                lp = new
+                break
+            if v < x0:
+                left = v
+            else:
+                right = v
+            if right - left < 1e-10:  # cannot happen in exact arithmetic: x0 itself is in the slice
+                new = at(x0)
+                lp = new
+                break
+    return x, lp
 
 
 def _fit_saas(
@@ -211,3 +447,15 @@ def censored_mean(model: Model, X: Tensor, upper: float) -> Tensor:
     return torch.minimum(
         mu - sigma * torch.exp(log_pdf - torch.special.log_ndtr(a)), torch.full_like(mu, upper)
     )
+
+
+def ensemble_size(model: Model) -> int:
+    """The number of hyperparameter samples of a ``model=mcmc`` ensemble; 0 for any other model."""
+    return len(model.samples) if isinstance(model, _Ensemble) else 0
+
+
+def member(model: Model, i: int) -> Model:
+    """The ``i``-th hyperparameter sample of a ``model=mcmc`` ensemble, as an unbatched GP."""
+    if not isinstance(model, _Ensemble):
+        raise TypeError(f"{type(model).__name__} is not a model=mcmc ensemble")
+    return model.member(i)

@@ -13,7 +13,8 @@ after that every ``ask`` fits a GP to the completed trials. Given a budget, the 
 ``explore_fraction`` of it explore (``exploration``: joint entropy search by default, or Thompson
 sampling); the rest maximise the acquisition. Both phases see the trials still running as pending
 points; for a deterministic objective (``noisy=False``) the model behind the acquisition nearly
-interpolates.
+interpolates. With ``model=mcmc`` the GP's hyperparameters are sampled rather than fitted, and
+the acquisition is averaged over the samples.
 Failed trials enter the model at the worst value observed so far, so the model steers away from
 them instead of proposing them again. A pruned trial (stopped early by the sweeper's pruner) is
 right-censored: its final value, which it never reached, is taken to be no better than the median
@@ -32,10 +33,10 @@ from torch.quasirandom import SobolEngine
 
 from nasrun import UserError
 from nasrun.bo._acquisition import build_acquisition
-from nasrun.bo._explore import explore
+from nasrun.bo._explore import explore, jes_fallback
 from nasrun.bo._model import censored_mean, fit_model, hyperparameters
 from nasrun.bo._optimize import Proposal, optimize, unit_to_space
-from nasrun.bo.settings import BOSettings, Direction
+from nasrun.bo.settings import BOSettings, Direction, Exploration
 from nasrun.bo.space import ParamSpace
 from nasrun.bo.store import Trial, TrialState, TrialStore
 
@@ -77,6 +78,14 @@ class BayesOpt:
             raise UserError(f"n_initial must be at least 1, got {self.settings.n_initial}")
         if not 0.0 <= self.settings.explore_fraction <= 1.0:
             raise UserError(f"explore_fraction must be in [0, 1], got {self.settings.explore_fraction}")
+        if self.settings.mcmc_samples < 1 or self.settings.mcmc_burn_in < 0:
+            raise UserError(
+                f"mcmc_samples must be at least 1 and mcmc_burn_in at least 0, got "
+                f"{self.settings.mcmc_samples} and {self.settings.mcmc_burn_in}"
+            )
+        fallback = jes_fallback(space, self.settings)
+        if self.settings.exploration is Exploration.jes and fallback and self._explore_phase(0):
+            log.info("exploration: Thompson sampling instead of joint entropy search, because %s", fallback)
 
     def _check_store(self) -> None:
         for key, mine in (

@@ -44,6 +44,12 @@ class ModelKind(str, Enum):
 
     map = "map"  # type-II maximum likelihood (with priors, i.e. MAP)
     fully_bayesian = "fully_bayesian"  # SAAS prior sampled with NUTS (Eriksson & Jankowiak 2021)
+    # The MAP model's kernel, priors and noise, its hyperparameters slice-sampled and the
+    # acquisition averaged over the samples (integrated acquisition, Snoek et al. 2012). Spearmint
+    # (JasperSnoek/spearmint, spearmint/chooser/GPEIOptChooser.py:76-78) puts a top-hat prior on
+    # length scales up to 2, a horseshoe on the noise and a log-normal on the amplitude; we keep
+    # the MAP model's priors, so that the two models differ only in the integration.
+    mcmc = "mcmc"
 
 
 # The sweeper's config extends this class, and OmegaConf checks every key against these annotations:
@@ -68,8 +74,8 @@ class BOSettings:
     explore_fraction: float = 0.7
     # jes: on Hartmann6 (q=1, 80 seeds) median regret 0.0006 with 27 runs outside the global basin,
     # against 0.0015 and 32 with Thompson sampling (docs/benchmarks/bo.md). Spaces with choice()
-    # parameters and model=fully_bayesian use Thompson sampling (the optimum sampler needs a
-    # continuous space and a single GP).
+    # parameters and model=fully_bayesian or mcmc use Thompson sampling (the optimum sampler needs a
+    # continuous space and a single GP); the sweep says so in its first lines.
     exploration: Exploration = Exploration.jes
     # EI/PI exploration margin, in standard deviations of the observed values (Lizotte 2008: 0.01).
     xi: float = 0.01
@@ -77,7 +83,10 @@ class BOSettings:
     ucb_beta: float | None = None
     # Matérn-5/2 ARD: "SE is unrealistically smooth" (Snoek et al. 2012).
     kernel: Kernel = Kernel.matern52
-    # MAP is fast (about a second per proposal); fully Bayesian SAAS needs jax+numpyro and minutes.
+    # MAP is fast (about a second per proposal). mcmc, the same GP with its hyperparameters
+    # integrated out, took twice the CPU time and did not beat MAP on Branin and Hartmann6 (seeds
+    # 0-9: Hartmann6 median regret 0.0122 against 0.0006; docs/benchmarks/bo.md). Fully Bayesian
+    # SAAS needs jax+numpyro and minutes.
     model: ModelKind = ModelKind.map
     # False: near-deterministic objective (noise floor 1e-6, incumbent = best observation, and the
     # acquisition's model nearly interpolates: noise prior centred on e^-8 instead of e^-4);
@@ -91,3 +100,10 @@ class BOSettings:
     # NUTS warm-up steps and samples for model=fully_bayesian (SAASBO paper: 512 and 256, thinned by 16).
     nuts_warmup: int = 512
     nuts_samples: int = 256
+    # model=mcmc: slice-sampling sweeps kept, each one sample of the averaged acquisition
+    # (Spearmint's GPEIOptChooser.py:57: mcmc_iters=10, every sweep kept, no thinning).
+    mcmc_samples: int = 10
+    # model=mcmc: sweeps discarded first. Spearmint (GPEIOptChooser.py:58, 243-251) burns in 100
+    # sweeps once and continues its chain across proposals; here each proposal starts a fresh chain at that step's MAP fit (stateless,
+    # so resumed and parallel sweeps sample alike), where a short burn-in suffices.
+    mcmc_burn_in: int = 10

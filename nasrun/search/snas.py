@@ -181,8 +181,8 @@ class SingleLevelStepper(DartsStepper):
         trainer: device, precision and memory format.
         cost: ``all`` (the mean of the three resources' logs) or one of ``params``, ``flops``, ``mac``.
         cost_weight: the penalty's weight (SNAS's lambda); 0 leaves it out.
-        arch_grad_clip: the architecture gradient's norm is clipped at this (0: no clipping).
-        **darts: ``DartsStepper``'s arguments (the two optimisers, the weights' schedule).
+        **darts: ``DartsStepper``'s arguments (the two optimisers, the weights' schedule, the
+            architecture gradient's clip ``search.arch_grad_clip``).
     """
 
     def __init__(
@@ -192,13 +192,11 @@ class SingleLevelStepper(DartsStepper):
         *,
         cost: str,
         cost_weight: float,
-        arch_grad_clip: float,
         **darts: Any,
     ) -> None:
         super().__init__(supernet, trainer, **darts)
         self.network = supernet
         self.cost_weight = cost_weight
-        self.arch_grad_clip = arch_grad_clip
         self.resources = list(range(len(RESOURCES))) if cost == "all" else [RESOURCES.index(cost)]
         self.costs: dict[str, torch.Tensor] | None = None  # counted on the first step's image size
 
@@ -252,7 +250,6 @@ class SingleLevel:
         cost: the resources penalised: ``all`` (parameters, FLOPs and memory access cost, the
             mean of their logs) or one of ``params``, ``flops``, ``mac``.
         cost_weight: lambda, the penalty's weight; 0 leaves it out.
-        arch_grad_clip: the norm the architecture gradient is clipped at; 0: none.
     """
 
     #: Weights and architecture train on the same batches: the search uses every training image.
@@ -262,17 +259,13 @@ class SingleLevel:
         self,
         cost: str = "all",  # SNAS-Series SNAS/train_search.py:97 (--separation all: size, FLOPs and MAC)
         cost_weight: float = 1.5e-3,  # SNAS-Series SNAS/README.md search command (--resource_lambda 1.5e-3)
-        arch_grad_clip: float = 10.0,  # SNAS-Series SNAS/train_search.py:505 (alphas' gradient norm clipped at 10)
     ) -> None:
         if cost not in COSTS:
             raise UserError(f"search.update.cost={cost!r}: must be one of {', '.join(COSTS)}")
         if cost_weight < 0:
             raise UserError(f"search.update.cost_weight={cost_weight}: must be >= 0")
-        if arch_grad_clip < 0:
-            raise UserError(f"search.update.arch_grad_clip={arch_grad_clip}: must be >= 0")
         self.cost = cost
         self.cost_weight = cost_weight
-        self.arch_grad_clip = arch_grad_clip
 
     def check(self, search: OneShotSearch) -> None:
         if search.order != 1:
@@ -288,6 +281,5 @@ class SingleLevel:
             trainer,
             cost=self.cost,
             cost_weight=self.cost_weight,
-            arch_grad_clip=self.arch_grad_clip,
             **darts,
         )

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from nasrun import UserError
+from nasrun.search.reinforce import ControllerState
 from nasrun.search.steppers import CONTROLLER_STREAM, CellSamplingStepper, EpochData, check_sampled_space
 from nasrun.space.cifar_cell import CifarCellSpace
 
@@ -225,7 +226,7 @@ class EdgeController(nn.Module):
         return pick.picked, pick.log_prob, pick.entropy
 
 
-class EnasPolicy:
+class EnasPolicy(ControllerState):
     """An ENAS controller and its REINFORCE update, as the references train it.
 
     Each sampled cell's reward is ``R = acc + entropy_weight * H`` (the entropy bonus is part of
@@ -304,20 +305,6 @@ class EnasPolicy:
             "controller_entropy": statistics.fmean(entropies),
             "controller_baseline": self.baseline,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "controller": self.controller.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "baseline": self.baseline,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.baseline = state["baseline"]
 
 
 class ControllerStepper(CellSamplingStepper):

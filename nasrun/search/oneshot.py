@@ -589,8 +589,7 @@ class OneShotSearch:
         # method trains on all the training images (SNAS: no second half); else it zips the
         # halves, stopping at the shorter.
         weights_only = getattr(self.update, "reads_val_batches", True) is False
-        whole = a_half is None or weights_only
-        n_half = len(w_half) if whole else min(len(w_half), len(a_half))
+        n_half = len(w_half) if a_half is None or weights_only else min(len(w_half), len(a_half))
         batch_size = clamp_batch_size(
             self.batch_size,
             n_half,

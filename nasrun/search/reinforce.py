@@ -85,7 +85,31 @@ class Controller(nn.Module):
         return torch.stack(picked, dim=1), log_prob, entropy
 
 
-class PolicyGradient:
+class ControllerState:
+    """Resume state of a REINFORCE controller: its weights, its optimiser, its random stream and
+    its reward baseline (``controller``, ``optimizer``, ``generator``, ``baseline`` attributes)."""
+
+    controller: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    baseline: float | None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "controller": self.controller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "baseline": self.baseline,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.baseline = state["baseline"]
+
+
+class PolicyGradient(ControllerState):
     """An LSTM controller over a fixed sequence of decisions, trained by REINFORCE.
 
     One update on a batch of ``(architecture, reward)`` pairs takes an Adam step on
@@ -142,20 +166,6 @@ class PolicyGradient:
         self.optimizer.step()
         assert self.baseline is not None
         return {"entropy": float(entropy.detach().mean()), "baseline": self.baseline}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "controller": self.controller.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "baseline": self.baseline,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.controller.load_state_dict(state["controller"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.baseline = state["baseline"]
 
 
 class Reinforce(BlackBoxStrategy):

@@ -140,7 +140,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # to the sweep's trial store, whose pruner may stop the run there (TrialPruned).
     epochs = task_epochs(cfg)
     reporter = current_reporter(max_epochs=epochs[1] if epochs else None)
-    report = [reporter.sink(step_key="epoch")] if reporter is not None else []
+    report = [reporter.sink()] if reporter is not None else []
     # Images are loaded only when something asks for them: a tabular benchmark run never does.
     ctx = SearchContext(
         space=space,

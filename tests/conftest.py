@@ -43,16 +43,39 @@ def compose_cfg() -> Callable[..., DictConfig]:
     return _compose
 
 
+def _cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``nasrun`` subprocess: one thread, like the tests, and unbuffered."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra or {})}
+
+
 def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m nasrun ARGS`` in a subprocess (one thread, like the tests)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "nasrun", *args],
         cwd=cwd,
-        env=env,
+        env=_cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def start_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, **popen: Any
+) -> subprocess.Popen[str]:
+    """Start ``python -m nasrun ARGS`` (one thread) and return at once, for tests that kill it.
+
+    Its standard output is discarded and its standard error kept (``proc.stderr``); ``env`` adds
+    variables, ``popen`` adds ``subprocess.Popen`` arguments.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", "nasrun", *args],
+        cwd=cwd,
+        env=_cli_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
     )
 
 

@@ -8,7 +8,6 @@ and a planted bad learning-rate region (lr > 0.1). In-process sweeps use Hydra's
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -27,14 +26,11 @@ from omegaconf import OmegaConf
 
 from nasrun import UserError
 from nasrun.bo import prepare_sweeper_args
-from tests.conftest import enter_sweep
+from tests.conftest import enter_sweep, load_script
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "tests" / "bo" / "app" / "curves_app.py"
-_spec = importlib.util.spec_from_file_location("curves_app", APP)
-assert _spec is not None and _spec.loader is not None
-curves_app = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(curves_app)
+curves_app = load_script(APP)
 TASK = curves_app.task.__wrapped__  # the plain function under @hydra.main
 EPOCHS = 12
 

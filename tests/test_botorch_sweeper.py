@@ -6,7 +6,6 @@ app as a real process (SIGKILL must hit a real sweeper).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -30,14 +29,11 @@ from hydra_plugins.nasrun_botorch_sweeper.botorch_sweeper import BoTorchSweeper
 from nasrun import UserError
 from nasrun.bo import engine, prepare_sweeper_args
 from nasrun.bo.engine import BayesOpt
-from tests.conftest import enter_sweep
+from tests.conftest import enter_sweep, load_script
 
 REPO = Path(__file__).resolve().parent.parent
 APP = REPO / "tests" / "bo" / "app" / "branin_app.py"
-_spec = importlib.util.spec_from_file_location("branin_app", APP)
-assert _spec is not None and _spec.loader is not None
-branin_app = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(branin_app)
+branin_app = load_script(APP)
 TASK = branin_app.task.__wrapped__  # the plain function under @hydra.main
 
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from nasrun.run_folder import PAUSE_AFTER_CHECKPOINT, load_checkpoint, read_history
-from tests.conftest import NB201_TABLE, run_cli
+from tests.conftest import NB201_TABLE, run_cli, start_cli
 
 ARGS = [
     "experiment=smoke",
@@ -22,15 +20,7 @@ ARGS = [
 
 
 def _start(run_dir: Path, cwd: Path, *extra: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "nasrun", *ARGS, f"hydra.run.dir={run_dir}", *extra],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(*ARGS, f"hydra.run.dir={run_dir}", *extra, cwd=cwd)
 
 
 def _kill_when(proc: subprocess.Popen[str], path: Path, epochs: int, timeout: float = 240) -> None:
@@ -100,15 +90,7 @@ def test_enas_sigkill_mid_search_then_resume_continues_the_controller_exactly(tm
     assert ref.returncode == 0, ref.stderr
 
     run = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nasrun", *ENAS, f"hydra.run.dir={run}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(*ENAS, f"hydra.run.dir={run}", cwd=tmp_path)
     _kill_when(proc, run / "history.jsonl", epochs=1)
     assert proc.returncode == -signal.SIGKILL
     done = run_cli(*ENAS, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
@@ -135,20 +117,7 @@ def test_enas_sigkill_mid_search_then_resume_continues_the_controller_exactly(tm
 
 def _kill_in_the_gap(args: list[str], run_dir: Path, cwd: Path, log: str, ckpt: str, step: int) -> None:
     """Run ``nasrun ARGS`` into ``run_dir`` and SIGKILL it between step ``step``'s checkpoint and line."""
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PYTHONUNBUFFERED": "1",
-        PAUSE_AFTER_CHECKPOINT: str(step),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nasrun", *args, f"hydra.run.dir={run_dir}"],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_cli(*args, f"hydra.run.dir={run_dir}", cwd=cwd, env={PAUSE_AFTER_CHECKPOINT: str(step)})
     marker, deadline = run_dir / f"{log}.paused", time.monotonic() + 240
     while not marker.is_file():
         if proc.poll() is not None:

@@ -169,9 +169,7 @@ def test_which_sweeps_cannot_change_the_objective(
     assert (sweep_without_effect(compose_cfg(*overrides), keys) is not None) is warns
 
 
-def test_the_presets_score_on_a_validation_split_of_a_fixed_or_searched_cell(
-    compose_cfg: Callable[..., Any],
-) -> None:
+def test_the_presets_score_on_a_validation_split_of_a_fixed_or_searched_cell() -> None:
     from hydra import compose, initialize_config_dir
 
     def with_hydra(*overrides: str) -> Any:

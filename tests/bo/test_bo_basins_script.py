@@ -1,10 +1,11 @@
 """docs/benchmarks/bo_basins.py labels points by the Hartmann6 basin a local descent from them ends in."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from botorch.test_functions import Hartmann
+
+from tests.conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "bo_basins.py"
 # Hartmann6's second-deepest minimum, -3.2032 (regret 0.12), where stuck runs end.
@@ -17,10 +18,7 @@ def bo_basins():
 
     saved = list(sys.path)  # the script puts scripts/ on the path to import bench_bo
     try:
-        spec = importlib.util.spec_from_file_location("bo_basins", SCRIPT)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_script(SCRIPT)
     finally:
         sys.path[:] = saved
     return module

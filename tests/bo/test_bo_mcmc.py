@@ -3,7 +3,6 @@ mixed spaces, and the line that says when joint entropy search gives way to Thom
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -29,13 +28,11 @@ from nasrun.bo import (
 from nasrun.bo._acquisition import build_acquisition
 from nasrun.bo._model import _Coordinates, believer, ensemble_size, fit_model, member, slice_sweep
 from nasrun.bo._optimize import unit_to_space
+from tests.conftest import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "tests" / "bo" / "app" / "branin_app.py"
-_spec = importlib.util.spec_from_file_location("branin_app", APP)
-assert _spec is not None and _spec.loader is not None
-_app = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_app)
+_app = load_script(APP)
 branin_task = _app.task.__wrapped__  # the plain function under @hydra.main
 # Few sweeps keep each fit well under a second; the tests check the mechanism, not the mixing.
 SMALL = {"model": ModelKind.mcmc, "mcmc_samples": 6, "mcmc_burn_in": 3, "num_restarts": 3, "raw_samples": 64}

@@ -6,8 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ from omegaconf import OmegaConf
 
 from nasrun import UserError
 from nasrun.config.run_guard import check_run_folder, compare_configs
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_cli
 
 SMOKE = ["experiment=smoke", "retrain.enabled=false"]
 
@@ -128,14 +126,11 @@ def test_refused_folders_are_left_untouched(tmp_path: Path) -> None:
 
 def test_ctrl_c_says_how_to_resume_and_that_command_works(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nasrun", *SMOKE, "search.epochs=3", f"hydra.run.dir={run_dir}"],
+    proc = start_cli(
+        *SMOKE,
+        "search.epochs=3",
+        f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
         # A child inherits an ignored SIGINT (as under a non-interactive shell): restore the default.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )

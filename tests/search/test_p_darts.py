@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from nasrun import UserError
 from nasrun.search.edges import DenseEdge
 from nasrun.search.oneshot import OneShotSearch, Stage
 from nasrun.space.cifar_cell import CifarCellSpace
-from tests.conftest import run_cli
+from tests.conftest import run_cli, start_cli
 from tests.search.sampling_helpers import batch, stepper_of, tiny_ctx, tiny_space
 
 OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]
@@ -109,14 +106,7 @@ def test_sigkill_across_a_stage_change_resumes_to_the_same_search(tmp_path: Path
     whole = run_cli(*ARGS, f"hydra.run.dir={tmp_path / 'whole'}", cwd=tmp_path)
     assert whole.returncode == 0, whole.stderr
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nasrun", *ARGS, f"hydra.run.dir={run_dir}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_cli(*ARGS, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     ckpt, deadline = run_dir / "checkpoints" / "search.pt", time.monotonic() + 240
     # Killed once the first stage's last epoch is checkpointed: the next stage is built on resume.
     while not (ckpt.is_file() and (run_dir / "history.jsonl").read_text().count("\n") >= 2):

@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
 from nasrun.data.synthetic import synthetic
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.steppers import EpochData
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.steppers import EpochData
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space

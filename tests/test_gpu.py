@@ -14,7 +14,7 @@ import torch
 
 from nasrun.data.digits import digits
 from nasrun.pipeline import named_genotype
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.trainer import Trainer
 

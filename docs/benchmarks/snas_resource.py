@@ -27,9 +27,9 @@ from rich.console import Console
 from nasrun.data.digits import digits
 from nasrun.report.results import count_flops, count_params
 from nasrun.search.base import SearchContext
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.samplers import GumbelSoftmax
-from nasrun.search.snas import SingleLevel
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.samplers import GumbelSoftmax
+from nasrun.search.oneshot.snas import SingleLevel
 from nasrun.space.cifar_cell import CifarCellSpace, node_counts
 from nasrun.train.trainer import Trainer
 

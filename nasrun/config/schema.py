@@ -34,16 +34,16 @@ from nasrun.data.digits import digits
 from nasrun.data.synthetic import synthetic
 from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.evaluator.train import TrainEvaluator
-from nasrun.search.bo_search import BayesianOptimization
-from nasrun.search.enas import ReinforceController
-from nasrun.search.evolution import RegularizedEvolution
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.pnas import PNAS
-from nasrun.search.random_search import RandomSearch
-from nasrun.search.reinforce import Reinforce
-from nasrun.search.rsps import UniformSampling
-from nasrun.search.samplers import GumbelMaxST, GumbelSoftmax
-from nasrun.search.snas import SingleLevel
+from nasrun.search.blackbox.bo_search import BayesianOptimization
+from nasrun.search.blackbox.evolution import RegularizedEvolution
+from nasrun.search.blackbox.pnas import PNAS
+from nasrun.search.blackbox.random_search import RandomSearch
+from nasrun.search.blackbox.reinforce import Reinforce
+from nasrun.search.oneshot.enas import ReinforceController
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.rsps import UniformSampling
+from nasrun.search.oneshot.samplers import GumbelMaxST, GumbelSoftmax
+from nasrun.search.oneshot.snas import SingleLevel
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer

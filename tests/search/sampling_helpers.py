@@ -12,8 +12,8 @@ from torch import nn
 
 from nasrun.data.digits import digits
 from nasrun.search.base import SearchContext
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.sampled_edges import SampledEdge
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.sampled_edges import SampledEdge
 from nasrun.space.base import OneShotSpace
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space

@@ -9,7 +9,7 @@ import pytest
 
 from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.search.base import SearchContext
-from nasrun.search.random_search import RandomSearch
+from nasrun.search.blackbox.random_search import RandomSearch
 from nasrun.space.nb201 import NB201Space
 from tests.evaluator.nb201_tables import write_nb201_table
 

@@ -21,11 +21,11 @@ from nasrun.evaluator.base import Evaluation
 from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.run_folder import read_history
 from nasrun.search.base import BlackBoxStrategy, SearchContext, SearchResult
-from nasrun.search.bo_search import BayesianOptimization
-from nasrun.search.evolution import RegularizedEvolution
-from nasrun.search.pnas import PNAS
-from nasrun.search.random_search import RandomSearch
-from nasrun.search.reinforce import Reinforce
+from nasrun.search.blackbox.bo_search import BayesianOptimization
+from nasrun.search.blackbox.evolution import RegularizedEvolution
+from nasrun.search.blackbox.pnas import PNAS
+from nasrun.search.blackbox.random_search import RandomSearch
+from nasrun.search.blackbox.reinforce import Reinforce
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.genotype import Genotype
 from nasrun.space.nb201 import NB201Space

@@ -15,7 +15,7 @@ def test_each_method_composes_with_the_demo(compose_cfg) -> None:
     compare = load_script(SCRIPTS / "compare_oneshot.py")
     for method, overrides in compare.METHODS.items():
         cfg = compose_cfg("experiment=demo", *overrides)
-        assert cfg.search._target_ == "nasrun.search.oneshot.OneShotSearch", method
+        assert cfg.search._target_ == "nasrun.search.oneshot.engine.OneShotSearch", method
         stages = cfg.search.stages
         if stages is not None:  # the stages fit the demo's epochs
             assert sum(stages.epochs) == cfg.search.epochs

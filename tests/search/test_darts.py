@@ -10,7 +10,7 @@ from torch.func import functional_call
 from nasrun.data.synthetic import synthetic
 from nasrun.run_folder import read_history
 from nasrun.search.base import SearchContext
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.train.runtime import NonFiniteLossError
 from nasrun.train.trainer import Trainer

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nasrun import UserError
-from nasrun.search.early_stop import SkipConnects, StableRanking, learnable_ops
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.early_stop import SkipConnects, StableRanking, learnable_ops
+from nasrun.search.oneshot.engine import OneShotSearch
 from tests.search.sampling_helpers import tiny_ctx, tiny_space
 
 OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3", "dil_conv_3x3"]

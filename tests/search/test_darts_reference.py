@@ -30,7 +30,7 @@ import torch
 
 from nasrun.data.digits import digits
 from nasrun.search.base import SearchContext
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.cifar_cell_supernet import SearchCell

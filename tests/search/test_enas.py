@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nasrun import UserError
-from nasrun.search.enas import (
+from nasrun.search.blackbox.reinforce import PolicyGradient
+from nasrun.search.oneshot.enas import (
     CellController,
     ControllerStepper,
     EdgeController,
@@ -21,10 +22,9 @@ from nasrun.search.enas import (
     ReinforceController,
     controller_logits,
 )
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.reinforce import PolicyGradient
-from nasrun.search.sampled_edges import SampledEdge
-from nasrun.search.steppers import EpochData
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.sampled_edges import SampledEdge
+from nasrun.search.oneshot.steppers import EpochData
 from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer
 from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space
@@ -254,7 +254,7 @@ def test_the_controller_is_in_the_stepper_state_and_resumes_exactly(tmp_path: Pa
 
 
 def test_the_black_box_reinforce_policy_still_learns() -> None:
-    """search=reinforce keeps its own controller (nasrun.search.reinforce.PolicyGradient)."""
+    """search=reinforce keeps its own controller (nasrun.search.blackbox.reinforce.PolicyGradient)."""
     policy = PolicyGradient([3, 3], hidden=16, lr=0.05, baseline_decay=0.9, entropy_weight=0.0, seed=0)
     for _ in range(150):
         key = policy.sample()

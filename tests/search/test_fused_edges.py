@@ -15,8 +15,8 @@ from functools import partial
 import pytest
 import torch
 
-from nasrun.search.edges import DenseEdge, PartialChannelEdge
-from nasrun.search.oneshot import OneShotNetwork
+from nasrun.search.oneshot.edges import DenseEdge, PartialChannelEdge
+from nasrun.search.oneshot.network import OneShotNetwork
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.cifar_cell_supernet import SearchCell
 from nasrun.space.nb201 import NB201Space

@@ -14,9 +14,9 @@ from hydra.utils import instantiate
 
 from nasrun import UserError
 from nasrun.search import samplers
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.sampled_edges import SampledEdge
-from nasrun.search.samplers import GumbelMaxST, GumbelSoftmax, annealed
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.sampled_edges import SampledEdge
+from nasrun.search.oneshot.samplers import GumbelMaxST, GumbelSoftmax, annealed
 from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space
 
 

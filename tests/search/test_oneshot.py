@@ -12,9 +12,9 @@ from torch import nn
 from nasrun import UserError
 from nasrun.data.digits import digits
 from nasrun.search.base import SearchContext
-from nasrun.search.early_stop import SkipConnects
-from nasrun.search.edges import PartialChannelEdge
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.early_stop import SkipConnects
+from nasrun.search.oneshot.edges import PartialChannelEdge
+from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.trainer import Trainer
@@ -108,7 +108,7 @@ def test_bad_one_shot_settings_are_one_line() -> None:
 
 
 def test_stable_ranking_reads_the_engines_records(tmp_path: Path) -> None:
-    from nasrun.search.early_stop import StableRanking
+    from nasrun.search.oneshot.early_stop import StableRanking
 
     result = OneShotSearch(
         _space(), seed=1, epochs=2, batch_size=256, early_stop=StableRanking(patience=1)

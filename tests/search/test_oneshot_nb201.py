@@ -11,8 +11,8 @@ import pytest
 from nasrun import UserError
 from nasrun.evaluator.tabular import TabularEvaluator
 from nasrun.pipeline import run
-from nasrun.search.edges import PartialChannelEdge
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.edges import PartialChannelEdge
+from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.space.genotype import Genotype
 from nasrun.space.nb201 import NB201Space, to_string
 from tests.search.sampling_helpers import tiny_ctx

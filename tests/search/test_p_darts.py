@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from nasrun import UserError
-from nasrun.search.edges import DenseEdge
-from nasrun.search.oneshot import OneShotSearch, Stage
+from nasrun.search.oneshot.edges import DenseEdge
+from nasrun.search.oneshot.engine import OneShotSearch, Stage
 from nasrun.space.cifar_cell import CifarCellSpace
 from tests.conftest import run_cli, start_cli
 from tests.search.sampling_helpers import batch, stepper_of, tiny_ctx, tiny_space

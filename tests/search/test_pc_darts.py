@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from nasrun.search.edges import DenseEdge, PartialChannelEdge, channel_shuffle
-from nasrun.search.oneshot import OneShotNetwork
+from nasrun.search.oneshot.edges import DenseEdge, PartialChannelEdge, channel_shuffle
+from nasrun.search.oneshot.network import OneShotNetwork
 from nasrun.space.cifar_cell import CifarCellSpace
 
 OPS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]

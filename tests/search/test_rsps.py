@@ -11,10 +11,10 @@ import torch
 from scipy.stats import chisquare
 
 from nasrun import UserError
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.rsps import UniformSampling, UniformStepper, uniform_choices
-from nasrun.search.sampled_edges import SampledEdge
-from nasrun.search.steppers import EpochData
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.rsps import UniformSampling, UniformStepper, uniform_choices
+from nasrun.search.oneshot.sampled_edges import SampledEdge
+from nasrun.search.oneshot.steppers import EpochData
 from nasrun.train.trainer import Trainer
 from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space
 

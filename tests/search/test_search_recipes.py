@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from nasrun.search.darts import weight_schedule
+from nasrun.search.oneshot.darts import weight_schedule
 
 
 def _lrs(kind: str, epochs: int, period: int | None, mul: int, lr: float, lr_min: float) -> list[float]:

@@ -18,9 +18,9 @@ import torch
 from omegaconf import DictConfig
 
 from nasrun import UserError
-from nasrun.search.oneshot import OneShotSearch
-from nasrun.search.samplers import GumbelSoftmax, annealed
-from nasrun.search.snas import SingleLevel, op_resources
+from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.samplers import GumbelSoftmax, annealed
+from nasrun.search.oneshot.snas import SingleLevel, op_resources
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.genotype import Genotype
 from nasrun.space.ops import DARTS_OPS

@@ -38,7 +38,7 @@ def test_too_few_layers_is_a_clear_error() -> None:
 
 
 def test_supernet_skeleton_takes_the_methods_edges_and_weights() -> None:
-    from nasrun.search.edges import DenseEdge
+    from nasrun.search.oneshot.edges import DenseEdge
 
     space = CifarCellSpace(layers=3, channels=4)
     topo = space.topology()

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nasrun.search.oneshot import OneShotSearch
+from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.depthwise import DepthwiseConv2d, depthwise_conv2d

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from nasrun.search.edges import DenseEdge
+from nasrun.search.oneshot.edges import DenseEdge
 from nasrun.space.base import OneShotSpace, SampledSpace
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.genotype import GenotypeError

@@ -34,12 +34,18 @@ import torch
 from torch import nn
 
 from nasrun import UserError
-from nasrun.search.reinforce import ControllerState
-from nasrun.search.steppers import CONTROLLER_STREAM, CellSamplingStepper, EpochData, check_sampled_space
+from nasrun.search.blackbox.reinforce import ControllerState
+from nasrun.search.oneshot.steppers import (
+    CONTROLLER_STREAM,
+    CellSamplingStepper,
+    EpochData,
+    check_sampled_space,
+)
 from nasrun.space.cifar_cell import CifarCellSpace
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot import OneShotNetwork, OneShotSearch
+    from nasrun.search.oneshot.engine import OneShotSearch
+    from nasrun.search.oneshot.network import OneShotNetwork
     from nasrun.train.trainer import Trainer
 
 #: The controller's Adam: beta1 = 0 and eps = 1e-3 in both references (enas src/utils.py:218;

@@ -12,7 +12,7 @@ Adaptation to fixed-size spaces: every evaluated architecture must be complete, 
 cell is evaluated through a completion of its remaining blocks, and it is ranked by the
 predictor's mean over ``completions`` uniform completions (the expected score of the prefix).
 The one evaluated is the best-predicted of those completions. The predictor is the paper's
-ensemble of 5 MLPs, each fit on 4/5 of the data (``nasrun.search._predictor``).
+ensemble of 5 MLPs, each fit on 4/5 of the data (``nasrun.search.blackbox._predictor``).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import torch
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search._common import Key, one_hot
-from nasrun.search._predictor import MLPEnsemble
 from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.blackbox._common import Key, one_hot
+from nasrun.search.blackbox._predictor import MLPEnsemble
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
 

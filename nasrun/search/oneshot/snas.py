@@ -1,7 +1,7 @@
 """SNAS (Xie et al., ICLR 2019) on the one-shot engine: single-level steps with a resource term.
 
 SNAS samples each edge's op weights from a concrete (Gumbel-softmax) relaxation
-(``nasrun.search.samplers.GumbelSoftmax``, temperature annealed per epoch) and optimises the
+(``nasrun.search.oneshot.samplers.GumbelSoftmax``, temperature annealed per epoch) and optimises the
 weights and the architecture on the same batches, every training image, with one loss:
 
     L = CE(f(x; w, Z), y) + eta * R(Z)
@@ -34,12 +34,13 @@ import torch
 from torch import nn
 
 from nasrun import UserError
-from nasrun.search.darts import DartsStepper
+from nasrun.search.oneshot.darts import DartsStepper
 from nasrun.space.ops import make_op
 from nasrun.train.runtime import NonFiniteLossError
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot import OneShotNetwork, OneShotSearch
+    from nasrun.search.oneshot.engine import OneShotSearch
+    from nasrun.search.oneshot.network import OneShotNetwork
     from nasrun.train.trainer import Trainer
 
 RESOURCES = ("params", "flops", "mac")

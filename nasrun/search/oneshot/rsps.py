@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nasrun import UserError
-from nasrun.search.steppers import CellSamplingStepper, check_sampled_space
+from nasrun.search.oneshot.steppers import CellSamplingStepper, check_sampled_space
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot import OneShotNetwork, OneShotSearch
+    from nasrun.search.oneshot.engine import OneShotSearch
+    from nasrun.search.oneshot.network import OneShotNetwork
     from nasrun.train.trainer import Trainer
 
 

@@ -9,7 +9,7 @@ After every ``batch`` scored architectures the controller takes one Adam step on
 
 where the baseline is an exponential moving average of past rewards. ``PolicyGradient`` holds the
 controller and this update; the one-shot ``search=enas`` trains the same piece on the validation
-accuracy of cells sampled in a supernet (``nasrun.search.enas``).
+accuracy of cells sampled in a supernet (``nasrun.search.oneshot.enas``).
 
 Repeats: the search loop charges every query against the budget, so when the controller samples
 an architecture it has already been told about, the known score is fed back as that sample's
@@ -27,8 +27,8 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search._common import Key, sample_unseen
 from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.blackbox._common import Key, sample_unseen
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
 

@@ -1,6 +1,6 @@
 """How a one-shot method updates its architecture: the pieces the one loop (``oneshot.py``) composes.
 
-``DartsStepper`` (``nasrun.search.darts``) is the default: bilevel gradient steps, first or second
+``DartsStepper`` (``nasrun.search.oneshot.darts``) is the default: bilevel gradient steps, first or second
 order. A method that updates the architecture differently names an ``ArchUpdate`` in
 ``search.update`` (SNAS's single-level step, RSPS's uniform sampling, ENAS's controller); the
 update checks the search's settings when the search is built and then builds the stepper the
@@ -24,14 +24,15 @@ import torch
 
 from nasrun import UserError
 from nasrun.data.base import TensorSplit
-from nasrun.search.darts import DartsStepper, buffers_restored
+from nasrun.search.oneshot.darts import DartsStepper, buffers_restored
 from nasrun.space.base import SampledSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.runtime import epoch_generator
 from nasrun.train.trainer import Trainer
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot import OneShotNetwork, OneShotSearch
+    from nasrun.search.oneshot.engine import OneShotSearch
+    from nasrun.search.oneshot.network import OneShotNetwork
 
 #: ``(x [B, C, H, W], y [B])`` batches on the run's device.
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]

@@ -7,7 +7,7 @@ no sampler is set). The samplers here draw a random architecture on every traini
   ``softmax((log_softmax(alpha) + g) / tau)`` with Gumbel noise ``g``; every op gets a weight.
 - ``GumbelMaxST`` (GDAS, Dong & Yang, CVPR 2019): the one-hot Gumbel-max sample in the forward
   pass, the gradient of the relaxed sample in the backward pass (straight-through). With
-  ``nasrun.search.sampled_edges.SampledEdge`` only the sampled op of each edge runs.
+  ``nasrun.search.oneshot.sampled_edges.SampledEdge`` only the sampled op of each edge runs.
 
 The temperature ``tau`` anneals over the search, one value per epoch: the search loop calls
 ``set_epoch`` at the start of every epoch, so a resumed search has the temperature it would have

@@ -27,8 +27,8 @@ import torch
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search._common import Key, neighbours, sample_unseen, sample_unseen_many, top_k
 from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.blackbox._common import Key, neighbours, sample_unseen, sample_unseen_many, top_k
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
 

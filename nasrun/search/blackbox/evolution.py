@@ -15,7 +15,8 @@ from typing import Any
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search._common import (
+from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.blackbox._common import (
     MAX_TRIES,
     Key,
     keys_from_state,
@@ -23,7 +24,6 @@ from nasrun.search._common import (
     sample_unseen,
     sample_unseen_many,
 )
-from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace, mutate_genotype
 from nasrun.space.genotype import Genotype
 

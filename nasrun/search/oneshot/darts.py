@@ -1,6 +1,6 @@
 """DARTS's architecture updates (Liu, Simonyan, Yang, ICLR 2019), first and second order.
 
-The one-shot engine (``nasrun.search.oneshot``) runs these steps for DARTS and its family.
+The one-shot engine (``nasrun.search.oneshot.engine``) runs these steps for DARTS and its family.
 
 Bilevel optimisation on two halves of the training data: the supernet's weights ``w`` minimise the
 training loss with SGD; the architecture parameters ``alpha`` minimise the validation loss with

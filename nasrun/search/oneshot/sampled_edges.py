@@ -4,7 +4,7 @@ GDAS gives each edge a one-hot weight vector (a Gumbel-max sample, straight-thro
 RSPS the one-hot rows of a sampled cell (``SampledSpace.genotype_weights``; an edge the cell does
 not use is all zero). ``SampledEdge`` computes ``sum_k w_k * op_k(x)`` over the ops whose weight is
 not zero, so such a step costs one op per edge instead of all of them. With dense weights (a
-softmax) it computes every op and equals ``nasrun.search.edges.DenseEdge``.
+softmax) it computes every op and equals ``nasrun.search.oneshot.edges.DenseEdge``.
 
 GDAS's reference code has two forms of the edge, both running only the sampled op ``s``:
 ``w_s * op_s(x)`` (its DARTS-space search cell, and NAS-Bench-201's ``forward_gdas_v1``), and

@@ -6,14 +6,14 @@ import random
 from typing import Any
 
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search._common import (
+from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.blackbox._common import (
     Key,
     keys_from_state,
     keys_to_state,
     sample_unseen,
     sample_unseen_many,
 )
-from nasrun.search.base import BlackBoxStrategy
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
 

@@ -9,8 +9,9 @@ softmax by default, a Gumbel or Dirichlet draw for the methods that sample.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,8 @@ class OneShotNetwork(nn.Module):
         self.last_weights: dict[str, torch.Tensor] | None = None
         # A whole cell's weights that a method sets for the next forward passes (RSPS, ENAS).
         self.fixed: dict[str, torch.Tensor] | None = None
+        # Offsets added to the edges' weights inside ``perturbed`` (SDARTS's perturbations).
+        self.offsets: dict[str, torch.Tensor] | None = None
         self.topology = space.topology()
         self.node_slices = self.topology.node_slices()
         if edge_ops is None:
@@ -115,8 +118,16 @@ class OneShotNetwork(nn.Module):
         return list(self.skeleton.parameters())
 
     def op_weights(self) -> dict[str, torch.Tensor]:
-        """Per cell type, ``[n_edges, n_ops]``: the softmax of each edge's alphas."""
-        return {t: F.softmax(a, dim=-1) for t, a in self.arch.alphas.items()}
+        """Per cell type, ``[n_edges, n_ops]``: the architecture distribution's expected op weights.
+
+        The softmax of each edge's alphas, or the sampler's own (``ArchSampler.expected``: the
+        Dirichlet's mean for DrNAS); derivation ranks these and the history records them.
+        """
+        alphas = dict(self.arch.alphas.items())
+        expected = getattr(self.sampler, "expected", None)
+        if expected is not None:
+            return expected(alphas)  # type: ignore[no-any-return]
+        return {t: F.softmax(a, dim=-1) for t, a in alphas.items()}
 
     def edge_scales(self) -> dict[str, torch.Tensor] | None:
         """Per cell type, ``[n_edges]``: each node's softmax over its incoming edges' β, or ``None``."""
@@ -136,9 +147,26 @@ class OneShotNetwork(nn.Module):
         if self.fixed is not None:
             return self.fixed
         if self.sampler is None:
-            return self.op_weights()
-        alphas = dict(self.arch.alphas.items())
-        return self.sampler.sample(alphas) if self.training else self.sampler.mode(alphas)
+            weights = self.op_weights()
+        else:
+            alphas = dict(self.arch.alphas.items())
+            weights = self.sampler.sample(alphas) if self.training else self.sampler.mode(alphas)
+        if self.offsets is not None:
+            weights = {t: w + self.offsets[t] for t, w in weights.items()}
+        return weights
+
+    @contextlib.contextmanager
+    def perturbed(self, offsets: dict[str, torch.Tensor]) -> Iterator[None]:
+        """Inside the block, the edges get their weights plus ``offsets`` (per cell type ``[n_edges, n_ops]``).
+
+        The offsets are added after the softmax (or the sampler's draw), unnormalised: a method
+        that perturbs the architecture weights (SDARTS) runs its weight steps inside this block.
+        """
+        self.offsets = offsets
+        try:
+            yield
+        finally:
+            self.offsets = None
 
     def set_architecture(self, weights: dict[str, torch.Tensor] | None) -> None:
         """Run the cell given by ``weights`` (per cell type ``[n_edges, n_ops]``) until changed; ``None``: stop."""

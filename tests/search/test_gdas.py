@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from nasrun import UserError
-from nasrun.search import samplers
+from nasrun.search.oneshot import samplers
 from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.search.oneshot.sampled_edges import SampledEdge
 from nasrun.search.oneshot.samplers import GumbelMaxST, GumbelSoftmax, annealed

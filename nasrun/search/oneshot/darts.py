@@ -20,6 +20,7 @@ from torch import nn
 from torch.func import functional_call
 
 from nasrun import UserError
+from nasrun.search.oneshot.plugin import OneShotPlugin, all_around
 from nasrun.train.runtime import NonFiniteLossError, cross_entropy
 from nasrun.train.trainer import Trainer
 
@@ -143,8 +144,16 @@ class DartsStepper:
         self.sched = weight_schedule(self.w_opt, lr_schedule, epochs, lr_min, lr_period, lr_period_mul)
         betas = (float(arch_betas[0]), float(arch_betas[1]))
         self.a_opt = torch.optim.Adam(self.alphas, lr=arch_lr, betas=betas, weight_decay=arch_weight_decay)
+        # The method's plug-ins (set by the loop): their penalties join every architecture step,
+        # their contexts surround every weight step.
+        self.plugins: Sequence[OneShotPlugin] = ()
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def arch_penalty(self) -> torch.Tensor | None:
+        """The sum of the plug-ins' architecture penalties (functions of the alphas), or ``None``."""
+        terms = [t for t in (p.arch_penalty(self.module) for p in self.plugins) if t is not None]  # type: ignore[arg-type]
+        return torch.stack(terms).sum() if terms else None
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.trainer.autocast():
             logits = self.model(x)
         return cross_entropy(logits, y), logits
@@ -178,11 +187,15 @@ class DartsStepper:
     ) -> None:
         """One Adam step of the architecture parameters on the validation loss."""
         if self.order == 1:
-            loss_v, _ = self._loss(x_val, y_val)
+            loss_v, _ = self.loss(x_val, y_val)
             # Only the alphas' gradients: autograd then skips every weight-gradient kernel.
             grads: Sequence[torch.Tensor] = torch.autograd.grad(loss_v, self.alphas)
         else:
             grads = self.unrolled_arch_grad(x_train, y_train, x_val, y_val)
+        penalty = self.arch_penalty()
+        if penalty is not None:  # it depends on the alphas only: its gradient adds to either order's
+            extra = torch.autograd.grad(penalty, self.alphas, allow_unused=True)
+            grads = [g if e is None else g + e for g, e in zip(grads, extra)]
         for a, g in zip(self.alphas, grads):
             a.grad = g
         if self.arch_grad_clip > 0:
@@ -190,12 +203,22 @@ class DartsStepper:
         self.a_opt.step()
 
     def weight_step(self, x_train: torch.Tensor, y_train: torch.Tensor) -> tuple[float, int]:
-        """One SGD step of the weights on the training loss; returns the loss and the correct count."""
+        """One SGD step of the weights on the training loss; returns the loss and the correct count.
+
+        It runs inside every plug-in's ``around_weight_step`` (SDARTS perturbs the edges' weights
+        there).
+        """
+        if self.plugins:
+            with all_around(self.plugins, self, x_train, y_train):
+                return self._weight_step(x_train, y_train)
+        return self._weight_step(x_train, y_train)
+
+    def _weight_step(self, x_train: torch.Tensor, y_train: torch.Tensor) -> tuple[float, int]:
         # The alphas are frozen so that no gradient is computed for them.
         for a in self.alphas:
             a.requires_grad_(False)
         try:
-            loss, logits = self._loss(x_train, y_train)
+            loss, logits = self.loss(x_train, y_train)
             if not torch.isfinite(loss):
                 # The schedule steps once per finished epoch (and is restored on resume), so it
                 # counts the epochs before this one: those the search has checkpointed.

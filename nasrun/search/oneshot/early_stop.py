@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from nasrun import UserError
+from nasrun.search.oneshot.plugin import OneShotPlugin
 from nasrun.space.ops import OPS
 
 
@@ -95,3 +96,20 @@ class StableRanking:
         if all(w == window[0] for w in window[1:]):
             return f"the ranking of the learnable ops' weights has not changed for {self.patience} epochs"
         return None
+
+
+class EarlyStopHook(OneShotPlugin):
+    """A criterion as the loop's ``stop`` hook, checked only after epochs that took architecture steps.
+
+    A warm-up epoch's cell is the random initial one (with DARTS's initialisation about a third of
+    seeds already derive two skip-connects in the normal cell), which says nothing about the
+    search: DARTS+ (Liang et al. 2019) stops on the cell the architecture steps have shaped.
+    """
+
+    def __init__(self, criterion: EarlyStop) -> None:
+        self.criterion = criterion
+
+    def stop(self, records: Sequence[dict[str, Any]]) -> str | None:
+        if not records or not records[-1].get("arch_steps", True):
+            return None
+        return self.criterion.check(records)

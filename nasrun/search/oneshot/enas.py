@@ -35,6 +35,7 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.search.blackbox.reinforce import ControllerState
+from nasrun.search.oneshot.plugin import SearchSettings
 from nasrun.search.oneshot.steppers import (
     CONTROLLER_STREAM,
     CellSamplingStepper,
@@ -44,7 +45,6 @@ from nasrun.search.oneshot.steppers import (
 from nasrun.space.cifar_cell import CifarCellSpace
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot.engine import OneShotSearch
     from nasrun.search.oneshot.network import OneShotNetwork
     from nasrun.train.trainer import Trainer
 
@@ -469,7 +469,7 @@ class ReinforceController:
         self.final_candidates = final_candidates
         self.score_batches = score_batches
 
-    def check(self, search: OneShotSearch) -> None:
+    def check(self, search: SearchSettings) -> None:
         check_sampled_space(search, "enas")
 
     def controller(self, space: Any) -> nn.Module:

@@ -25,27 +25,59 @@ from __future__ import annotations
 import inspect
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nasrun import UserError
-from nasrun.data.base import TensorSplit, clamp_batch_size
+from nasrun.data.base import DataModule, TensorSplit, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
 from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, set_rng_state
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.search.oneshot.darts import DartsStepper
-from nasrun.search.oneshot.early_stop import EarlyStop
+from nasrun.search.oneshot.early_stop import EarlyStop, EarlyStopHook
 from nasrun.search.oneshot.edges import DenseEdge
 from nasrun.search.oneshot.network import OneShotNetwork, Stage
+from nasrun.search.oneshot.plugin import EpochData, EpochStart, OneShotPlugin
 from nasrun.search.oneshot.samplers import ArchSampler
-from nasrun.search.oneshot.steppers import ArchUpdate, EpochData, EpochHooks
+from nasrun.search.oneshot.steppers import ArchUpdate, EpochHooks
 from nasrun.space.base import EdgeFactory, OneShotSpace, SearchSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.runtime import epoch_generator
 from nasrun.train.trainer import Trainer
+
+
+@dataclass
+class _EpochPlan:
+    """What every epoch of a run uses (``OneShotSearch._epoch_plan``)."""
+
+    data: DataModule
+    trainer: Trainer
+    w_half: TensorSplit  # the weights' share of the training images
+    a_half: TensorSplit | None  # the architecture's share; None: a single-level search
+    eval_split: TensorSplit  # what the supernet is scored on after each epoch ...
+    eval_name: str  # ... and under which name (val or test)
+    batch_size: int
+    steps: int  # steps per epoch
+    augment: Any  # the data's training augmentation
+    score_derived: bool  # score each epoch's cell with the run's evaluator
+    checkpoint: Path
+    advance: Callable[[int, str], None] = lambda n, text: None  # the progress bar's
+
+
+@dataclass
+class _ResumePoint:
+    """Where a run starts: stage, epoch in it, the candidate ops, the history, the checkpoint."""
+
+    stage: int = 0
+    stage_epoch: int = 0
+    edge_ops: dict[str, list[list[str]]] | None = None
+    records: list[dict[str, Any]] = field(default_factory=list)
+    wall: float = 0.0
+    state: dict[str, Any] | None = None
 
 
 class OneShotSearch:
@@ -132,6 +164,7 @@ class OneShotSearch:
         evaluate_derived: bool | None = None,  # None: on when the evaluator is a free look-up table, else off
         sampler: ArchSampler | None = None,  # DARTS: None, the softmax of the alphas on every forward pass
         update: ArchUpdate | None = None,  # DARTS: None, bilevel gradient steps (DartsStepper, search.order)
+        plugins: Mapping[str, OneShotPlugin] | None = None,  # DARTS: none (R-DARTS, SDARTS, DrNAS add theirs)
         budget: int | None = None,  # black-box strategies only; see above
     ):
         if budget is not None:
@@ -220,6 +253,27 @@ class OneShotSearch:
         self.update = update
         if update is not None:
             update.check(self)
+        # The loop's plug-ins, in a fixed order: the early-stop criterion, then the method's by name.
+        self.plugins: dict[str, OneShotPlugin] = {}
+        if early_stop is not None:
+            self.plugins["early_stop"] = EarlyStopHook(early_stop)
+        for name, plugin in sorted((plugins or {}).items()):
+            if not isinstance(plugin, OneShotPlugin):
+                raise UserError(
+                    f"search.plugins.{name}: {type(plugin).__name__} is not a one-shot plug-in "
+                    "(a subclass of nasrun.search.oneshot.plugin.OneShotPlugin)"
+                )
+            self.plugins[name] = plugin
+        restoring = [
+            n for n, p in self.plugins.items() if type(p).result_epoch is not OneShotPlugin.result_epoch
+        ]
+        if max_skips is not None and restoring:
+            raise UserError(
+                f"search.max_skips={max_skips}: search.plugins.{restoring[0]} picks an earlier epoch's cell, "
+                "and the skip-connect cap edits the last epoch's (set search.max_skips=null)"
+            )
+        for plugin in self.plugins.values():
+            plugin.check(self)
 
     @staticmethod
     def _plan(
@@ -308,8 +362,13 @@ class OneShotSearch:
         epochs = self.stages[stage].epochs
         darts: dict[str, Any] = {"order": self.order, "epochs": epochs, **self.opt_args}
         if self.update is not None:
-            return self.update.stepper(network, trainer, seed=self.seed + stage, **darts)
-        return DartsStepper(network, trainer, **darts)
+            stepper = self.update.stepper(network, trainer, seed=self.seed + stage, **darts)
+        else:
+            stepper = DartsStepper(network, trainer, **darts)
+        stepper.plugins = list(self.plugins.values())
+        for plugin in stepper.plugins:
+            plugin.attach(stepper)
+        return stepper
 
     @property
     def single_level(self) -> bool:
@@ -335,8 +394,88 @@ class OneShotSearch:
         return train.subset(perm[:n_w]), train.subset(perm[n_w:])
 
     def run(self, ctx: SearchContext) -> SearchResult:
+        """The loop's skeleton: stages of epochs; each epoch starts, steps, ends, is recorded, may stop."""
         if ctx.data is None or ctx.trainer is None:
             raise UserError("a one-shot search needs data and a trainer")
+        plan = self._epoch_plan(ctx)
+        at = self._resume_point(ctx)
+        log = HistoryLog(
+            ctx.run_dir / "history.jsonl",
+            at.records,
+            [ctx.trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks],
+        )
+        stopped = self._stop_reason(log.records)
+        done = sum(st.epochs for st in self.stages[: at.stage]) + at.stage_epoch
+        stage, stage_epoch, edge_ops, wall, state = at.stage, at.stage_epoch, at.edge_ops, at.wall, at.state
+        network: OneShotNetwork | None = None
+        with progress_bar("search", total=self.epochs * plan.steps, completed=done * plan.steps) as advance:
+            plan.advance = advance
+            while stage < len(self.stages) and stopped is None:
+                stepper = self.make_stepper(
+                    plan.data.num_classes, plan.data.in_channels, plan.trainer, stage, edge_ops
+                )
+                network = stepper.module  # type: ignore[assignment]
+                assert network is not None
+                if state is not None:  # resuming inside (or at the end of) this stage
+                    self._load(stepper, state)
+                    state = None
+                for epoch in range(stage_epoch, self.stages[stage].epochs):
+                    t0 = time.perf_counter()
+                    start = EpochStart(
+                        epoch=done,
+                        epochs=self.epochs,
+                        stage=stage,
+                        stage_epoch=epoch,
+                        arch_steps=epoch >= self.stages[stage].warmup_epochs,
+                    )
+                    self._start_epoch(stepper, network, start)
+                    train_loss, train_acc = self._steps(stepper, plan, start)
+                    done += 1
+                    record = self._end_epoch(stepper, network, plan, start, ctx)
+                    wall += time.perf_counter() - t0
+                    record = {
+                        "epoch": done,
+                        "lr": stepper.w_opt.param_groups[0]["lr"],
+                        "train_loss": train_loss,
+                        "train_acc": train_acc,
+                        **record,
+                        "wall_s": wall,
+                    }
+                    stopped = self._stop_reason([*log.records, record])
+                    if stopped is not None:
+                        record["stopped"] = stopped
+                    # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
+                    # between leaves no line that the checkpoint lacks.
+                    log.commit(
+                        [record],
+                        plan.checkpoint,
+                        {
+                            "stepper": stepper.state_dict(),
+                            "plugins": {n: p.state_dict() for n, p in self.plugins.items()},
+                            "rng": rng_state(),
+                            "stage": stage,
+                            "stage_epoch": epoch + 1,
+                            "edge_ops": network.edge_ops,
+                            "epoch": done,
+                            "wall_s": wall,
+                        },
+                    )
+                    self._print_epoch(record, plan, start, time.perf_counter() - t0)
+                    if stopped is not None:
+                        get_console().print(f"search stopped after epoch {done}: {stopped}")
+                        break
+                if stopped is None and stage + 1 < len(self.stages):
+                    # The next stage searches each edge's strongest ops of this one, `none` included
+                    # where it is among them (derivation skips it at the end).
+                    kept = self.stages[stage + 1].ops_kept
+                    edge_ops = network.pruned_ops(kept) if kept is not None else network.edge_ops
+                stage, stage_epoch = stage + 1, 0
+        return self._result(ctx, log.records, network, plan.checkpoint)
+
+    # -- the skeleton's parts -----------------------------------------------------------------------
+    def _epoch_plan(self, ctx: SearchContext) -> _EpochPlan:
+        """What every epoch of the run uses: the data's halves, the batch size, the scoring split."""
+        assert ctx.data is not None and ctx.trainer is not None
         data, trainer = ctx.data, ctx.trainer
         w_half, a_half = self.split(data.train)
         # The split the supernet is scored on after each epoch: the architecture's half; a
@@ -345,20 +484,6 @@ class OneShotSearch:
         eval_split, eval_name = (a_half, "val") if a_half is not None else (data.val, "val")
         if eval_split is None:
             eval_split, eval_name = data.test, "test"
-        ckpt = ctx.checkpoint_dir / "search.pt"
-        stage, stage_epoch, records, wall = 0, 0, [], 0.0
-        edge_ops: dict[str, list[list[str]]] | None = None
-        state: dict[str, Any] | None = None
-        if ctx.resume and ckpt.is_file():
-            state = load_checkpoint(ckpt)
-            stage, stage_epoch = (
-                state.get("stage", 0),
-                state["stage_epoch"] if "stage_epoch" in state else state["epoch"],
-            )
-            edge_ops, records, wall = state.get("edge_ops"), state["history"], state["wall_s"]
-        log = HistoryLog(
-            ctx.run_dir / "history.jsonl", records, [trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks]
-        )
         # An epoch passes over the weights' whole share when no step of the method reads a
         # validation batch (RSPS, ENAS: ``reads_val_batches = False``) or when a single-level
         # method trains on all the training images (SNAS: no second half); else it zips the
@@ -375,169 +500,189 @@ class OneShotSearch:
             if weights_only
             else "images in each half of the search data",
         )
-        steps = -(-n_half // batch_size)
-        console = get_console()
-        augment = data.augment()
-        stopped = self._stop_reason(log.records)
-        done = sum(st.epochs for st in self.stages[:stage]) + stage_epoch
-        network: OneShotNetwork | None = None
         score_derived = (
             self.evaluate_derived
             if self.evaluate_derived is not None
             else bool(getattr(ctx.evaluator, "free", False))
         )
-        with progress_bar("search", total=self.epochs * steps, completed=done * steps) as advance:
-            while stage < len(self.stages) and stopped is None:
-                plan = self.stages[stage]
-                stepper = self.make_stepper(data.num_classes, data.in_channels, trainer, stage, edge_ops)
-                network = stepper.module  # type: ignore[assignment]
-                assert network is not None
-                if state is not None:  # resuming inside (or at the end of) this stage
-                    stepper.load_state_dict(state["stepper"])
-                    set_rng_state(state["rng"])
-                    state = None
-                for epoch in range(stage_epoch, plan.epochs):
-                    if stopped is not None:
-                        break
-                    t0 = time.perf_counter()
-                    stepper.model.train()
-                    arch_steps = epoch >= plan.warmup_epochs
-                    skip_dropout = plan.skip_dropout_at(epoch)
-                    network.set_skip_dropout(skip_dropout)
-                    network.start_epoch(done, self.epochs)  # the sampler's temperature, by the search's epoch
-                    loss_sum, correct, n = 0.0, 0, 0
-                    done += 1
-                    gen_w, gen_a = (
-                        epoch_generator(self.seed, done - 1, 0),
-                        epoch_generator(self.seed, done - 1, 1),
-                    )
-                    train_it = trainer.batches(w_half, batch_size, gen_w, augment)
-                    # A validation batch is drawn (augmented, moved to the device) only for a step
-                    # that reads it; the epoch keeps its number of steps either way.
-                    if a_half is not None and stepper.reads_val_batch(arch_steps):
-                        val_it = trainer.batches(a_half, batch_size, gen_a, augment)
-                        pairs: Iterator[tuple[Any, Any]] = zip(train_it, val_it)
-                    else:
-                        pairs = ((b, (None, None)) for b in itertools.islice(train_it, steps))
-                    for (xt, yt), (xv, yv) in pairs:
-                        loss, c = stepper.step(xt, yt, xv, yv, arch_step=arch_steps)
-                        loss_sum += loss * yt.numel()
-                        correct += c
-                        n += int(yt.numel())
-                        advance(1, f"epoch {done} loss {loss_sum / n:.3f}")
-                    stepper.sched.step()
-                    extra: dict[str, Any] = {}
-                    derived: Genotype | None = None
-                    if isinstance(stepper, EpochHooks):
+        return _EpochPlan(
+            data=data,
+            trainer=trainer,
+            w_half=w_half,
+            a_half=a_half,
+            eval_split=eval_split,
+            eval_name=eval_name,
+            batch_size=batch_size,
+            steps=-(-n_half // batch_size),
+            augment=data.augment(),
+            score_derived=score_derived,
+            checkpoint=ctx.checkpoint_dir / "search.pt",
+        )
 
-                        def status(text: str, e: int = done) -> None:
-                            advance(0, f"epoch {e} {text}")
+    def _resume_point(self, ctx: SearchContext) -> _ResumePoint:
+        """Where the run starts: from scratch, or where the checkpoint left it."""
+        ckpt = ctx.checkpoint_dir / "search.pt"
+        if not (ctx.resume and ckpt.is_file()):
+            return _ResumePoint()
+        state = load_checkpoint(ckpt)
+        return _ResumePoint(
+            stage=state.get("stage", 0),
+            stage_epoch=state["stage_epoch"] if "stage_epoch" in state else state["epoch"],
+            edge_ops=state.get("edge_ops"),
+            records=state["history"],
+            wall=state["wall_s"],
+            state=state,
+        )
 
-                        assert a_half is not None  # cell-sampling updates are never single-level
-                        epoch_data = EpochData(
-                            split=a_half,
-                            batch_size=batch_size,
-                            runtime=trainer,
-                            seed=self.seed,
-                            epoch=done - 1,
-                            augment=augment,
-                            status=status,
-                            last=done == self.epochs,
-                        )
-                        extra = stepper.end_epoch(epoch_data, arch_steps)
-                        derived = stepper.derive(epoch_data)  # the network then runs the derived cell
-                    eval_loss, eval_acc = trainer.evaluate(stepper.model, eval_split)
-                    val_loss, val_acc = (eval_loss, eval_acc) if eval_name == "val" else (None, None)
-                    wall += time.perf_counter() - t0
-                    record = {
-                        "epoch": done,
-                        "lr": stepper.w_opt.param_groups[0]["lr"],
-                        "train_loss": loss_sum / max(n, 1),
-                        "train_acc": 100.0 * correct / max(n, 1),
-                        "val_loss": val_loss,
-                        "val_acc": val_acc,
-                        **({"test_loss": eval_loss, "test_acc": eval_acc} if eval_name == "test" else {}),
-                        "arch_steps": arch_steps,
-                        "alphas": network.arch_weights(),
-                        "genotype": (derived if derived is not None else network.genotype()).to_dict(),
-                        "wall_s": wall,
-                        **extra,
-                    }
-                    if network.sampler is not None:
-                        record["tau"] = network.sampler.tau
-                    if score_derived and ctx.evaluator is not None:
-                        scored = ctx.evaluator.evaluate(Genotype.from_dict(record["genotype"]), ctx)
-                        record["derived_val_acc"], record["derived_test_acc"] = (
-                            scored.val_acc,
-                            scored.test_acc,
-                        )
-                    if len(self.stages) > 1:
-                        record["stage"] = stage + 1
-                        record["edge_ops"] = network.edge_ops
-                        record["skip_dropout"] = skip_dropout
-                    else:
-                        record["ops"] = list(network.topology.ops)
-                    stopped = self._stop_reason([*log.records, record])
-                    if stopped is not None:
-                        record["stopped"] = stopped
-                    # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
-                    # between leaves no line that the checkpoint lacks.
-                    log.commit(
-                        [record],
-                        ckpt,
-                        {
-                            "stepper": stepper.state_dict(),
-                            "rng": rng_state(),
-                            "stage": stage,
-                            "stage_epoch": epoch + 1,
-                            "edge_ops": network.edge_ops,
-                            "epoch": done,
-                            "wall_s": wall,
-                        },
-                    )
-                    console.print(
-                        f"search epoch {done}/{self.epochs} loss {record['train_loss']:.4f} "
-                        f"train_acc {record['train_acc']:.2f} {eval_name}_acc {eval_acc:.2f} ({time.perf_counter() - t0:.1f}s)"
-                        + ("" if arch_steps else " [weights only]")
-                    )
-                    if stopped is not None:
-                        console.print(f"search stopped after epoch {done}: {stopped}")
-                if stopped is None and stage + 1 < len(self.stages):
-                    # The next stage searches each edge's strongest ops of this one, `none` included
-                    # where it is among them (derivation skips it at the end).
-                    kept = self.stages[stage + 1].ops_kept
-                    edge_ops = network.pruned_ops(kept) if kept is not None else network.edge_ops
-                stage, stage_epoch = stage + 1, 0
-        last_record = log.records[-1]
-        genotype = Genotype.from_dict(last_record["genotype"])
-        metrics: dict[str, Any] = {
-            "search_val_acc": last_record["val_acc"],
-            "search_wall_s": last_record["wall_s"],
-            "search_epochs": last_record["epoch"],
+    def _load(self, stepper: DartsStepper, state: dict[str, Any]) -> None:
+        """The stepper's, the plug-ins' and the random generators' state from a checkpoint."""
+        stepper.load_state_dict(state["stepper"])
+        saved = state.get("plugins", {})
+        for name, plugin in self.plugins.items():
+            if name in saved:
+                plugin.load_state_dict(saved[name])
+        set_rng_state(state["rng"])
+
+    def _start_epoch(self, stepper: DartsStepper, network: OneShotNetwork, start: EpochStart) -> None:
+        """The epoch's schedules: the stage's skip-connect dropout, the sampler's temperature, the plug-ins'."""
+        stepper.model.train()
+        network.set_skip_dropout(self.stages[start.stage].skip_dropout_at(start.stage_epoch))
+        network.start_epoch(start.epoch, self.epochs)  # the sampler's temperature, by the search's epoch
+        for plugin in self.plugins.values():
+            plugin.start_epoch(stepper, start)
+
+    def _steps(self, stepper: DartsStepper, plan: _EpochPlan, start: EpochStart) -> tuple[float, float]:
+        """The epoch's steps; returns the weight steps' mean training loss and accuracy."""
+        loss_sum, correct, n = 0.0, 0, 0
+        gen_w, gen_a = epoch_generator(self.seed, start.epoch, 0), epoch_generator(self.seed, start.epoch, 1)
+        train_it = plan.trainer.batches(plan.w_half, plan.batch_size, gen_w, plan.augment)
+        # A validation batch is drawn (augmented, moved to the device) only for a step that reads
+        # it; the epoch keeps its number of steps either way.
+        if plan.a_half is not None and stepper.reads_val_batch(start.arch_steps):
+            val_it = plan.trainer.batches(plan.a_half, plan.batch_size, gen_a, plan.augment)
+            pairs: Iterator[tuple[Any, Any]] = zip(train_it, val_it)
+        else:
+            pairs = ((b, (None, None)) for b in itertools.islice(train_it, plan.steps))
+        for (xt, yt), (xv, yv) in pairs:
+            loss, c = stepper.step(xt, yt, xv, yv, arch_step=start.arch_steps)
+            loss_sum += loss * yt.numel()
+            correct += c
+            n += int(yt.numel())
+            plan.advance(1, f"epoch {start.epoch + 1} loss {loss_sum / n:.3f}")
+        stepper.sched.step()
+        return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
+
+    def _end_epoch(
+        self,
+        stepper: DartsStepper,
+        network: OneShotNetwork,
+        plan: _EpochPlan,
+        start: EpochStart,
+        ctx: SearchContext,
+    ) -> dict[str, Any]:
+        """After the steps: the update's and the plug-ins' work, the derived cell, its scores."""
+        extra: dict[str, Any] = {}
+        derived: Genotype | None = None
+
+        def status(text: str, e: int = start.epoch + 1) -> None:
+            plan.advance(0, f"epoch {e} {text}")
+
+        epoch_data = EpochData(
+            split=plan.a_half if plan.a_half is not None else plan.w_half,
+            batch_size=plan.batch_size,
+            runtime=plan.trainer,
+            seed=self.seed,
+            epoch=start.epoch,
+            augment=plan.augment,
+            status=status,
+            last=start.epoch + 1 == self.epochs,
+        )
+        if isinstance(stepper, EpochHooks):
+            assert plan.a_half is not None  # cell-sampling updates are never single-level
+            extra = stepper.end_epoch(epoch_data, start.arch_steps)
+            derived = stepper.derive(epoch_data)  # the network then runs the derived cell
+        for plugin in self.plugins.values():
+            extra.update(plugin.end_epoch(stepper, epoch_data, start.arch_steps))
+        eval_loss, eval_acc = plan.trainer.evaluate(stepper.model, plan.eval_split)
+        val = plan.eval_name == "val"
+        record: dict[str, Any] = {
+            "val_loss": eval_loss if val else None,
+            "val_acc": eval_acc if val else None,
+            **({} if val else {"test_loss": eval_loss, "test_acc": eval_acc}),
+            "arch_steps": start.arch_steps,
+            "alphas": network.arch_weights(),
+            "genotype": (derived if derived is not None else network.genotype()).to_dict(),
         }
+        record.update(extra)
+        if network.sampler is not None:
+            record["tau"] = network.sampler.tau
+        if plan.score_derived and ctx.evaluator is not None:
+            scored = ctx.evaluator.evaluate(Genotype.from_dict(record["genotype"]), ctx)
+            record["derived_val_acc"], record["derived_test_acc"] = scored.val_acc, scored.test_acc
+        if len(self.stages) > 1:
+            record["stage"] = start.stage + 1
+            record["edge_ops"] = network.edge_ops
+            record["skip_dropout"] = self.stages[start.stage].skip_dropout_at(start.stage_epoch)
+        else:
+            record["ops"] = list(network.topology.ops)
+        return record
+
+    def _print_epoch(
+        self, record: dict[str, Any], plan: _EpochPlan, start: EpochStart, seconds: float
+    ) -> None:
+        acc = record["val_acc"] if plan.eval_name == "val" else record["test_acc"]
+        get_console().print(
+            f"search epoch {record['epoch']}/{self.epochs} loss {record['train_loss']:.4f} "
+            f"train_acc {record['train_acc']:.2f} {plan.eval_name}_acc {acc:.2f} ({seconds:.1f}s)"
+            + ("" if start.arch_steps else " [weights only]")
+        )
+
+    def _result(
+        self,
+        ctx: SearchContext,
+        records: Sequence[dict[str, Any]],
+        network: OneShotNetwork | None,
+        ckpt: Path,
+    ) -> SearchResult:
+        """The search's cell: the last epoch's, or the epoch a plug-in restores (stop-and-restore)."""
+        last = records[-1]
+        chosen, by = last, None
+        for name, plugin in self.plugins.items():
+            epoch = plugin.result_epoch(records)
+            if epoch is not None:
+                if not 1 <= epoch <= len(records):
+                    raise RuntimeError(f"search.plugins.{name} picked epoch {epoch} of {len(records)}")
+                chosen, by = records[epoch - 1], name
+                break
+        genotype = Genotype.from_dict(chosen["genotype"])
+        metrics: dict[str, Any] = {
+            "search_val_acc": chosen["val_acc"],
+            "search_wall_s": last["wall_s"],
+            "search_epochs": last["epoch"],
+        }
+        if by is not None:
+            metrics["search_result_epoch"] = {"epoch": chosen["epoch"], "chosen_by": by}
         if self.max_skips is not None:
             if network is None:  # a finished search resumed: rebuild its last network for the rule
                 network = self._final_network(ctx, ckpt)
             genotype = network.genotype(max_skips=self.max_skips)
             metrics["search_max_skips"] = self.max_skips
-        if "stopped" in last_record:
-            metrics["search_stopped"] = {"epoch": last_record["epoch"], "reason": last_record["stopped"]}
-        if "derived_val_acc" in last_record and self.max_skips is None:  # the scored cell is the result
-            metrics["derived_val_acc"] = last_record["derived_val_acc"]
-            metrics["derived_test_acc"] = last_record["derived_test_acc"]
+        if "stopped" in last:
+            metrics["search_stopped"] = {"epoch": last["epoch"], "reason": last["stopped"]}
+        if "derived_val_acc" in chosen and self.max_skips is None:  # the scored cell is the result
+            metrics["derived_val_acc"] = chosen["derived_val_acc"]
+            metrics["derived_test_acc"] = chosen["derived_test_acc"]
         return SearchResult(genotype=genotype, metrics=metrics)
 
     def _stop_reason(self, records: Sequence[dict[str, Any]]) -> str | None:
-        """Why the search stops after the last of ``records``, or ``None``.
-
-        Only an epoch that took architecture steps can stop it: a warm-up epoch's cell is the
-        random initial one (with DARTS's initialisation about a third of seeds already derive two
-        skip-connects in the normal cell), which says nothing about the search (DARTS+, Liang et
-        al. 2019, stops on the cell the architecture steps have shaped).
-        """
-        if self.early_stop is None or not records or not records[-1].get("arch_steps", True):
+        """Why the search stops after the last of ``records`` (the first plug-in that says so), or ``None``."""
+        if not records:
             return None
-        return self.early_stop.check(records)
+        for plugin in self.plugins.values():
+            reason = plugin.stop(records)
+            if reason is not None:
+                return reason
+        return None
 
     def _final_network(self, ctx: SearchContext, ckpt: Path) -> OneShotNetwork:
         """The last stage's supernet as the checkpoint holds it."""

@@ -31,32 +31,45 @@ holds the supernet, its optimisers and the run's device; the epoch; the history 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from nasrun.search.oneshot.darts import DartsStepper
-    from nasrun.search.oneshot.network import OneShotNetwork, Stage
-    from nasrun.search.oneshot.samplers import ArchSampler
-    from nasrun.search.oneshot.steppers import EpochData
-    from nasrun.space.base import OneShotSpace
+from nasrun.data.base import TensorSplit
+from nasrun.search.oneshot.network import OneShotNetwork, Stage
+from nasrun.search.oneshot.samplers import ArchSampler
+from nasrun.space.base import OneShotSpace
+from nasrun.train.runtime import epoch_generator
+from nasrun.train.trainer import Trainer
+
+#: ``(x [B, C, H, W], y [B])`` batches on the run's device.
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 class SearchSettings(Protocol):
     """What a plug-in (or an update) may read of the search it joins, to check that it fits."""
 
-    space: OneShotSpace
-    seed: int
-    epochs: int
-    order: int
-    stages: Sequence[Stage]
-    max_skips: int | None
-    derivation: str
-    sampler: ArchSampler | None
-    train_portion: float
+    @property
+    def space(self) -> OneShotSpace: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def order(self) -> int: ...
+    @property
+    def stages(self) -> Sequence[Stage]: ...
+    @property
+    def max_skips(self) -> int | None: ...
+    @property
+    def derivation(self) -> str: ...
+    @property
+    def sampler(self) -> ArchSampler | None: ...
+    @property
+    def train_portion(self) -> float: ...
 
     @property
     def single_level(self) -> bool: ...
@@ -81,20 +94,91 @@ class EpochStart:
     arch_steps: bool
 
 
+class Stepper(Protocol):
+    """What a plug-in may use of the stepper that drives a stage (``darts.DartsStepper`` and its kin)."""
+
+    @property
+    def module(self) -> nn.Module: ...  # the supernet (a ``OneShotNetwork``)
+    @property
+    def model(self) -> nn.Module: ...  # the supernet as the runtime runs it (compiled, channels-last ...)
+    @property
+    def trainer(self) -> Trainer: ...  # device, precision, batches
+    @property
+    def alphas(self) -> list[nn.Parameter]: ...  # the architecture parameters
+    @property
+    def weights(self) -> list[nn.Parameter]: ...  # the supernet's weights
+    @property
+    def w_opt(self) -> torch.optim.Optimizer: ...  # the weights' optimiser
+    @property
+    def a_opt(self) -> torch.optim.Optimizer: ...  # the architecture's optimiser
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The supernet's training-mode loss and logits on ``(x, y)``, under the run's autocast."""
+        ...
+
+
+@dataclass
+class EpochData:
+    """The architecture's half of the search data, for a stepper's work at the end of an epoch.
+
+    Each ``stream`` shuffles it the same way on every run of ``epoch``, so a resumed search does
+    exactly what the uninterrupted one did.
+
+    Attributes:
+        split: the architecture's half of the training images.
+        batch_size: the search's batch size.
+        runtime: device, precision and memory format.
+        seed: the search's seed.
+        epoch: the epoch, counted from 0 over the whole search.
+        augment: the data set's training augmentation.
+        status: shows a short status text in the search's progress bar.
+        last: this is the search's last epoch.
+    """
+
+    split: TensorSplit
+    batch_size: int
+    runtime: Trainer
+    seed: int
+    epoch: int
+    augment: Any
+    status: Callable[[str], None]
+    last: bool = False
+
+    def generator(self, stream: int) -> torch.Generator:
+        """A CPU generator for ``stream`` of this epoch (streams 0 and 1 shuffle the epoch's steps)."""
+        return epoch_generator(self.seed, self.epoch, stream)
+
+    def batches(self, stream: int, augment: bool = True, batch_size: int | None = None) -> Batches:
+        """One pass over the split, shuffled by ``stream`` (``batch_size``: default the search's)."""
+        return self.runtime.batches(
+            self.split,
+            batch_size or self.batch_size,
+            self.generator(stream),
+            self.augment if augment else None,
+        )
+
+    def endless(self, stream: int, augment: bool = True, batch_size: int | None = None) -> Batches:
+        """Pass after pass over the split, shuffled anew each pass from ``stream``."""
+        gen = self.generator(stream)
+        size = batch_size or self.batch_size
+        while True:
+            yield from self.runtime.batches(self.split, size, gen, self.augment if augment else None)
+
+
 class OneShotPlugin:
     """A method's additions to the one-shot loop; every hook is a no-op until overridden."""
 
     def check(self, search: SearchSettings) -> None:
         """Raise ``nasrun.UserError`` naming the key if the search's space or settings do not fit."""
 
-    def attach(self, stepper: DartsStepper) -> None:
+    def attach(self, stepper: Stepper) -> None:
         """A stage's stepper (its supernet: ``stepper.module``) was built; resume state follows."""
 
-    def start_epoch(self, stepper: DartsStepper, epoch: EpochStart) -> None:
+    def start_epoch(self, stepper: Stepper, epoch: EpochStart) -> None:
         """Before the steps of ``epoch``."""
 
     def around_weight_step(
-        self, stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor
+        self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor
     ) -> contextlib.AbstractContextManager[None]:
         """A context the weight step on the batch ``(x [B, C, H, W], y [B])`` runs inside."""
         return contextlib.nullcontext()
@@ -107,7 +191,7 @@ class OneShotPlugin:
         """
         return None
 
-    def end_epoch(self, stepper: DartsStepper, data: EpochData, arch_steps: bool) -> dict[str, Any]:
+    def end_epoch(self, stepper: Stepper, data: EpochData, arch_steps: bool) -> dict[str, Any]:
         """After the epoch's steps; returns values for the epoch's history record."""
         return {}
 
@@ -128,7 +212,7 @@ class OneShotPlugin:
 
 @contextlib.contextmanager
 def all_around(
-    plugins: Sequence[OneShotPlugin], stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor
+    plugins: Sequence[OneShotPlugin], stepper: Stepper, x: torch.Tensor, y: torch.Tensor
 ) -> Iterator[None]:
     """Every plug-in's ``around_weight_step`` context, entered in order."""
     with contextlib.ExitStack() as stack:

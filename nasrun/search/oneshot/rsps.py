@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nasrun import UserError
+from nasrun.search.oneshot.plugin import SearchSettings
 from nasrun.search.oneshot.steppers import CellSamplingStepper, check_sampled_space
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot.engine import OneShotSearch
     from nasrun.search.oneshot.network import OneShotNetwork
     from nasrun.train.trainer import Trainer
 
@@ -85,7 +85,7 @@ class UniformSampling:
         self.score_augment = score_augment
         self.score_batch_size = score_batch_size
 
-    def check(self, search: OneShotSearch) -> None:
+    def check(self, search: SearchSettings) -> None:
         check_sampled_space(search, "rsps")
 
     def stepper(

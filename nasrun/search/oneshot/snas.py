@@ -35,11 +35,11 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.search.oneshot.darts import DartsStepper
+from nasrun.search.oneshot.plugin import SearchSettings
 from nasrun.space.ops import make_op
 from nasrun.train.runtime import NonFiniteLossError
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot.engine import OneShotSearch
     from nasrun.search.oneshot.network import OneShotNetwork
     from nasrun.train.trainer import Trainer
 
@@ -226,12 +226,15 @@ class SingleLevelStepper(DartsStepper):
             return self.weight_step(x_train, y_train)
         if self.cost_weight and self.costs is None:
             self.costs = cell_costs(self.network, x_train)
-        loss, logits = self._loss(x_train, y_train)
+        loss, logits = self.loss(x_train, y_train)
         if not torch.isfinite(loss):
             raise NonFiniteLossError.in_epoch(
                 "search", float(loss.detach()), self.sched.last_epoch, "search.lr"
             )
         total = loss + self.cost_weight * self.penalty() if self.cost_weight else loss
+        extra = self.arch_penalty()  # the plug-ins' terms (functions of the alphas only)
+        if extra is not None:
+            total = total + extra
         self.w_opt.zero_grad(set_to_none=True)
         self.a_opt.zero_grad(set_to_none=True)
         total.backward()
@@ -268,7 +271,7 @@ class SingleLevel:
         self.cost = cost
         self.cost_weight = cost_weight
 
-    def check(self, search: OneShotSearch) -> None:
+    def check(self, search: SearchSettings) -> None:
         if search.order != 1:
             raise UserError(
                 f"search.order={search.order}: search=snas takes single-level steps (no unrolled step)"

@@ -16,26 +16,21 @@ is their common part.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
 from nasrun import UserError
-from nasrun.data.base import TensorSplit
 from nasrun.search.oneshot.darts import DartsStepper, buffers_restored
+from nasrun.search.oneshot.plugin import EpochData, SearchSettings
 from nasrun.space.base import SampledSpace
 from nasrun.space.genotype import Genotype
-from nasrun.train.runtime import epoch_generator
 from nasrun.train.trainer import Trainer
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot.engine import OneShotSearch
     from nasrun.search.oneshot.network import OneShotNetwork
 
-#: ``(x [B, C, H, W], y [B])`` batches on the run's device.
-Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 # The random streams of an epoch's end (0 and 1 shuffle the epoch's weight and architecture steps).
 CONTROLLER_STREAM = 2  # ENAS's controller phase: its validation batches
@@ -47,61 +42,13 @@ RESCORE_STREAM = 5  # the pass over the validation split that scores the best ca
 class ArchUpdate(Protocol):
     """A method's architecture update (``search.update``): checks the search, builds its stepper."""
 
-    def check(self, search: OneShotSearch) -> None:
+    def check(self, search: SearchSettings) -> None:
         """Raise ``UserError`` (naming the key) if the search's space or settings do not fit."""
         ...
 
     def stepper(self, network: OneShotNetwork, trainer: Trainer, *, seed: int, **darts: Any) -> DartsStepper:
         """The stepper of one stage; ``darts`` are ``DartsStepper``'s arguments (order, epochs, lrs ...)."""
         ...
-
-
-@dataclass
-class EpochData:
-    """The architecture's half of the search data, for a stepper's work at the end of an epoch.
-
-    Each ``stream`` shuffles it the same way on every run of ``epoch``, so a resumed search does
-    exactly what the uninterrupted one did.
-
-    Attributes:
-        split: the architecture's half of the training images.
-        batch_size: the search's batch size.
-        runtime: device, precision and memory format.
-        seed: the search's seed.
-        epoch: the epoch, counted from 0 over the whole search.
-        augment: the data set's training augmentation.
-        status: shows a short status text in the search's progress bar.
-        last: this is the search's last epoch.
-    """
-
-    split: TensorSplit
-    batch_size: int
-    runtime: Trainer
-    seed: int
-    epoch: int
-    augment: Any
-    status: Callable[[str], None]
-    last: bool = False
-
-    def generator(self, stream: int) -> torch.Generator:
-        """A CPU generator for ``stream`` of this epoch (streams 0 and 1 shuffle the epoch's steps)."""
-        return epoch_generator(self.seed, self.epoch, stream)
-
-    def batches(self, stream: int, augment: bool = True, batch_size: int | None = None) -> Batches:
-        """One pass over the split, shuffled by ``stream`` (``batch_size``: default the search's)."""
-        return self.runtime.batches(
-            self.split,
-            batch_size or self.batch_size,
-            self.generator(stream),
-            self.augment if augment else None,
-        )
-
-    def endless(self, stream: int, augment: bool = True, batch_size: int | None = None) -> Batches:
-        """Pass after pass over the split, shuffled anew each pass from ``stream``."""
-        gen = self.generator(stream)
-        size = batch_size or self.batch_size
-        while True:
-            yield from self.runtime.batches(self.split, size, gen, self.augment if augment else None)
 
 
 @runtime_checkable
@@ -121,7 +68,7 @@ class EpochHooks(Protocol):
         ...
 
 
-def check_sampled_space(search: OneShotSearch, method: str) -> SampledSpace:
+def check_sampled_space(search: SearchSettings, method: str) -> SampledSpace:
     """The search's space, if cells of it can be sampled and run in its supernet; else ``UserError``."""
     space = search.space
     if not isinstance(space, SampledSpace) or not space.decisions():

@@ -74,9 +74,15 @@ def test_derivation_keeps_the_best_scored_candidate_and_scoring_leaves_the_stati
         ctx.data.train, 16, Trainer(device="cpu"), seed=0, epoch=0, augment=None, status=lambda _: None
     )
     buffers = {n: b.clone() for n, b in stepper.module.named_buffers()}
-    real = stepper.accuracy(stepper.propose(torch.Generator().manual_seed(0)), list(data.batches(3)))
-    assert 0.0 <= real <= 1.0
+    choices, batches = stepper.propose(torch.Generator().manual_seed(0)), list(data.batches(3))
+    real = stepper.accuracy(choices, batches)
     assert all(torch.equal(b, buffers[n]) for n, b in stepper.module.named_buffers())
+    # The same cell on the same batches, counted here: BatchNorm on its running statistics (eval).
+    stepper.use(choices)
+    stepper.module.eval()
+    with torch.no_grad():
+        right = sum(int((stepper.model(x).argmax(1) == y).sum()) for x, y in batches)
+    assert real == right / sum(len(y) for _, y in batches)
     scored: list[tuple[int, ...]] = []
 
     def score(choices: tuple[int, ...], batches: list, bn: str | None = None) -> float:

@@ -203,6 +203,23 @@ def test_branin_beats_sobol_at_equal_budget() -> None:
     assert statistics.median(bo_regret) < statistics.median(sobol_regret), (bo_regret, sobol_regret)
 
 
+def test_fully_bayesian_saas_fit_finds_the_relevant_dimension() -> None:
+    """One NUTS fit of the SAAS GP (the dev install carries jax and numpyro): 32 samples thinned by
+    16 leave 2 GPs, the posterior mean goes through the observations, and the sparsity prior keeps
+    the lengthscales of the two dimensions the objective ignores long while x0's is short."""
+    pytest.importorskip("numpyro")
+    space = parse_overrides([f"x{i}=interval(0, 1)" for i in range(3)])[0]
+    X = torch.rand(10, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    Y = -4 * (X[:, :1] - 0.5) ** 2
+    settings = BOSettings(model=ModelKind.fully_bayesian, nuts_warmup=16, nuts_samples=32, seed=0)
+    model = _model.fit_model(X, Y, space, settings)
+    assert model.batch_shape == torch.Size([2])
+    mean = model.posterior(X).mixture_mean.detach()
+    assert torch.allclose(mean, Y, atol=0.05), (mean, Y)
+    lengthscale = model.median_lengthscale.detach()
+    assert lengthscale[0] < 0.5 * lengthscale[1:].min(), lengthscale
+
+
 @pytest.mark.slow
 def test_fully_bayesian_saas_model() -> None:
     pytest.importorskip("numpyro")

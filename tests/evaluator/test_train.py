@@ -39,7 +39,11 @@ def test_scores_are_percentages_deterministic_and_cached(tmp_path: Path) -> None
     g = ctx.space.decode([3, 1, 2, 4, 0, 3])
     ev = TrainEvaluator(epochs=1)
     first = ev.evaluate(g, ctx)
-    assert 0 <= first.val_acc <= 100 and first.test_acc is not None and first.extra["params"] > 0
+    assert ctx.data is not None and ctx.data.val is not None and ctx.data.test is not None
+    assert first.test_acc is not None and first.extra["params"] > 0
+    # Percentages of the splits: each times the split's size / 100 is a whole count of right answers.
+    for acc, n in ((first.val_acc, len(ctx.data.val)), (first.test_acc, len(ctx.data.test))):
+        assert acc * n / 100 == pytest.approx(round(acc * n / 100), abs=1e-6), (acc, n)
     assert ev.evaluate(g, ctx) is first  # a repeat is free
     again = TrainEvaluator(epochs=1).evaluate(g, ctx)  # a fresh evaluator retrains: same seed, same score
     assert again.val_acc == first.val_acc

@@ -95,8 +95,14 @@ def test_first_order_step_moves_alphas_and_weights() -> None:
     a0 = [a.detach().clone() for a in stepper.alphas]
     w0 = stepper.weights[0].detach().clone()
     x, y = torch.randn(8, 2, 8, 8), torch.randint(0, 3, (8,))
+    outputs: list[torch.Tensor] = []
+    hook = stepper.model.register_forward_hook(lambda m, args, out: outputs.append(out.detach()))
     loss, correct = stepper.step(x, y, x, y)
-    assert loss > 0 and 0 <= correct <= 8
+    hook.remove()
+    # The step reports the weight step's forward pass (the last one): its loss and right answers.
+    assert len(outputs) == 2
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(outputs[-1], y)))
+    assert correct == int((outputs[-1].argmax(1) == y).sum())
     assert any(not torch.equal(a, b) for a, b in zip(a0, stepper.alphas))
     assert not torch.equal(w0, stepper.weights[0])
     assert all(a.requires_grad for a in stepper.alphas)

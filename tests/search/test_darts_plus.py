@@ -56,6 +56,19 @@ def test_stable_ranking_stops_after_patience_epochs_without_change() -> None:
     assert decisions[10] == "the ranking of the learnable ops' weights has not changed for 3 epochs"
 
 
+def test_stable_ranking_does_not_stop_while_the_window_holds_a_change() -> None:
+    """A swap inside the window that swaps back keeps the search going until a full window is
+    unchanged; a swap in the reduce cell alone counts as a change too."""
+    stop = StableRanking(patience=3)
+    a, b = _alphas([3, 4, 1, 2, 0]), _alphas([4, 3, 1, 2, 0])
+    reduce_only = {"normal": a["normal"], "reduce": b["reduce"]}
+    history = [_stepped(x) for x in (a, a, b, a, a, reduce_only, a, a, a, a)]
+    decisions = [stop.check(history[: i + 1]) for i in range(len(history))]
+    # Records 3-4 hold a window with b in it (its ends agree); 5-8 one with the reduce-only swap.
+    assert decisions[:9] == [None] * 9
+    assert decisions[9] is not None and "3 epochs" in decisions[9]
+
+
 def test_bad_criteria_are_one_line() -> None:
     with pytest.raises(UserError, match="search.early_stop.max_skips=0"):
         SkipConnects(max_skips=0)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from nasrun import UserError
 from nasrun.evaluator.tabular import TabularEvaluator
@@ -59,8 +60,15 @@ def test_pc_darts_runs_on_nb201(tmp_path: Path) -> None:
         edge=functools.partial(PartialChannelEdge, k=2),
         edge_normalisation=True,
     )
+    initial = search.build_network(10, 1).genotype()
     result = search.run(tiny_ctx(tmp_path, space))
-    space.validate(result.genotype)
+    last = _history(tmp_path)[-1]
+    # The cell is the argmax of each edge's final weights (node 1 <- 0; 2 <- 0, 1; 3 <- 0, 1, 2),
+    # and the architecture step moved it away from the initial cell.
+    rows = torch.tensor(last["alphas"]["normal"])
+    argmax = [last["ops"][k] for k in rows.argmax(dim=1).tolist()]
+    assert result.genotype.normal == tuple(zip(argmax, (0, 0, 1, 0, 1, 2), strict=True))
+    assert last["genotype"] == result.genotype.to_dict() and result.genotype != initial
 
 
 def test_p_darts_on_nb201_is_refused_in_one_line(compose_cfg, tmp_path: Path) -> None:

@@ -74,9 +74,15 @@ def test_derivation_keeps_the_best_scored_candidate_and_scoring_leaves_the_stati
         ctx.data.train, 16, Trainer(device="cpu"), seed=0, epoch=0, augment=None, status=lambda _: None
     )
     buffers = {n: b.clone() for n, b in stepper.module.named_buffers()}
-    real = stepper.accuracy(stepper.propose(torch.Generator().manual_seed(0)), list(data.batches(3)))
-    assert 0.0 <= real <= 1.0
+    choices, batches = stepper.propose(torch.Generator().manual_seed(0)), list(data.batches(3))
+    real = stepper.accuracy(choices, batches)
     assert all(torch.equal(b, buffers[n]) for n, b in stepper.module.named_buffers())
+    # The same cell on the same batches, counted here: BatchNorm on its running statistics (eval).
+    stepper.use(choices)
+    stepper.module.eval()
+    with torch.no_grad():
+        right = sum(int((stepper.model(x).argmax(1) == y).sum()) for x, y in batches)
+    assert real == right / sum(len(y) for _, y in batches)
     scored: list[tuple[int, ...]] = []
 
     def score(choices: tuple[int, ...], batches: list, bn: str | None = None) -> float:
@@ -154,8 +160,20 @@ def test_the_last_epoch_scores_the_final_candidates_and_rescores_the_best(tmp_pa
     assert len(quick) == 2  # other epochs: search.update.candidates
 
 
-def test_an_rsps_search_derives_from_samples_on_both_spaces(tmp_path: Path) -> None:
+def test_an_rsps_search_derives_from_samples_on_both_spaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the last epoch the best 2 of 3 candidates are scored again; the better of them is the cell."""
+    scored: list[tuple[tuple[int, ...], float]] = []
+    accuracy = UniformStepper.accuracy
+
+    def spy(self, choices, batches, bn=None):  # type: ignore[no-untyped-def]
+        scored.append((choices, accuracy(self, choices, batches, bn)))
+        return scored[-1][1]
+
+    monkeypatch.setattr(UniformStepper, "accuracy", spy)
     for space_name in ("nb201", "cifar_cell"):
+        scored.clear()
         space = tiny_space(space_name)
         search = OneShotSearch(
             space,
@@ -166,7 +184,10 @@ def test_an_rsps_search_derives_from_samples_on_both_spaces(tmp_path: Path) -> N
             update=UniformSampling(3, final_candidates=3, score_batches=1, rescore_top=2),
         )
         result = search.run(tiny_ctx(tmp_path / space_name, space))
-        space.validate(result.genotype)
+        rescored = scored[-2:]  # the last epoch: 3 candidates, then the best 2 once more
+        assert {c for c, _ in rescored} <= {c for c, _ in scored[-5:-2]}
+        best = max(rescored, key=lambda s: s[1])[0]  # max keeps the first of equals, as derive does
+        assert space.encode(result.genotype) == list(best), rescored
 
 
 def test_an_epoch_passes_over_the_whole_weights_share(

@@ -37,7 +37,7 @@ from nasrun.search.oneshot.steppers import EpochData
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space
-from nasrun.train.bench_args import add_runtime_args, trainer_from_args
+from _bench_args import add_runtime_args, trainer_from_args
 
 
 def _compose(overrides: list[str]) -> DictConfig:

@@ -26,6 +26,7 @@ import sys
 import time
 
 import torch
+from _bench_args import add_runtime_args, trainer_from_args
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -37,7 +38,6 @@ from nasrun.search.oneshot.steppers import EpochData
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space
-from nasrun.train.bench_args import add_runtime_args, trainer_from_args
 
 
 def _compose(overrides: list[str]) -> DictConfig:

@@ -21,13 +21,13 @@ import sys
 import time
 
 import torch
+from _bench_args import add_runtime_args, trainer_from_args
 
 from nasrun import UserError
 from nasrun.data.synthetic import synthetic
 from nasrun.pipeline import named_genotype
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.train.bench_args import add_runtime_args, trainer_from_args
 
 CIFAR_TRAIN_IMAGES = 50_000
 

@@ -89,6 +89,8 @@ def cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
 
 def load_script(path: Path) -> ModuleType:
     """Import a script (``scripts/*.py``, ``docs/benchmarks/*.py``) as a module, by its path."""
+    if str(path.parent) not in sys.path:  # as when run: its folder's helpers (_bench_args) import
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -95,6 +95,11 @@ class SearchStrategy(Protocol):
     def run(self, ctx: SearchContext) -> SearchResult: ...
 
 
+#: Architectures a black-box strategy evaluates unless ``search.budget`` says otherwise
+#: (NAS-Bench-201 comparisons commonly report ~100 queries). Written once, here.
+DEFAULT_BUDGET = 100
+
+
 class BlackBoxStrategy(ABC):
     """A strategy that proposes architectures and learns from their scores (higher is better).
 
@@ -104,7 +109,7 @@ class BlackBoxStrategy(ABC):
         budget: number of architectures to evaluate.
     """
 
-    def __init__(self, space: SearchSpace, seed: int = 0, budget: int = 100) -> None:
+    def __init__(self, space: SearchSpace, seed: int = 0, budget: int = DEFAULT_BUDGET) -> None:
         if budget <= 0:
             raise UserError(f"search.budget must be > 0, got {budget}")
         self.space = space

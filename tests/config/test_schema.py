@@ -239,3 +239,80 @@ def test_tabular_evaluator_keeps_its_global_settings(compose_cfg) -> None:
     assert again.retrain.enabled is True and again.data.image_size == 16
     assert OmegaConf.is_missing(cfg.evaluator, "table")
     assert OmegaConf.get_type(cfg.evaluator) is schema.TabularEvaluatorConfig
+
+
+def test_discovered_oneshot_pieces_keep_their_names() -> None:
+    """The sampler and update classes of nasrun/search/oneshot/ are found by reading the folder."""
+    found = set(schema.ONESHOT_SCHEMAS)
+    assert {
+        "gumbel_max_st_schema",
+        "gumbel_softmax_schema",
+        "single_level_schema",
+        "uniform_sampling_schema",
+        "reinforce_controller_schema",
+    } <= found
+    assert "one_shot_plugin_schema" not in found and "arch_sampler_schema" not in found  # bases
+
+
+def test_a_new_plugin_file_needs_no_schema_edit(tmp_path, monkeypatch) -> None:
+    """A class deriving (through another class of the folder) from OneShotPlugin is discovered."""
+    import shutil
+
+    folder = schema.module_source("nasrun.search.oneshot.plugin").parent
+    copy = tmp_path / "nasrun" / "search" / "oneshot"
+    shutil.copytree(folder, copy)
+    for pkg in (tmp_path / "nasrun", tmp_path / "nasrun" / "search"):
+        (pkg / "__init__.py").write_text("")
+    (copy / "zz_method.py").write_text(
+        "from __future__ import annotations\n"
+        "from nasrun.search.oneshot.plugin import OneShotPlugin\n"
+        "class _Base(OneShotPlugin):\n    pass\n"
+        "class NoisyEdges(_Base):\n"
+        "    def __init__(self, scale: float = 0.3, epochs: int | None = None) -> None:\n"
+        "        self.scale = scale\n"
+    )
+    monkeypatch.setattr(schema, "module_source", lambda m: copy / f"{m.rsplit('.', 1)[1]}.py")
+    schema._module_ast.cache_clear()
+    try:
+        found = schema.oneshot_pieces()
+        assert found["NoisyEdges"] == "nasrun.search.oneshot.zz_method.NoisyEdges"
+        assert "_Base" not in found
+        node = OmegaConf.structured(schema.schema_of(found["NoisyEdges"], "NoisyEdgesConfig"))
+        assert OmegaConf.to_container(node) == {
+            "_target_": "nasrun.search.oneshot.zz_method.NoisyEdges",
+            "scale": 0.3,
+            "epochs": None,
+        }
+        with pytest.raises(Exception, match="scale"):
+            node.scale = "big"
+    finally:
+        schema._module_ast.cache_clear()
+
+
+@pytest.mark.parametrize("cls", TARGETED, ids=[c.__name__ for c in TARGETED])
+def test_schema_types_are_the_annotations(cls: type) -> None:
+    """Each field's type is what Hydra would check for the imported signature's annotation."""
+    import dataclasses
+    import inspect
+    import typing
+
+    from hydra.utils import get_method
+
+    target = get_method(OmegaConf.structured(cls)._target_)
+    hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    scalars = (int, float, bool, str)
+    for f in dataclasses.fields(cls):
+        if f.name not in hints:
+            continue
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if hint in scalars:
+            assert f.type is hint, f.name
+        elif (
+            typing.get_origin(hint) in (typing.Union, __import__("types").UnionType)
+            and len(args) == 1
+            and args[0] in scalars
+        ):
+            assert f.type == typing.Optional[args[0]], f.name  # noqa: UP045
+        elif f.type is not typing.Any:
+            assert typing.get_origin(f.type) in (list, dict, typing.Union), (f.name, f.type, hint)

@@ -27,7 +27,7 @@ import torch
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.base import DEFAULT_BUDGET, BlackBoxStrategy
 from nasrun.search.blackbox._common import Key, neighbours, sample_unseen, sample_unseen_many, top_k
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
@@ -50,7 +50,7 @@ class BayesianOptimization(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        budget: int = DEFAULT_BUDGET,  # architectures evaluated (nasrun.search.base)
         n_init: int = 10,  # random architectures before the first GP fit (BANANAS, White et al. 2021: 10)
         n_parents: int = 10,  # incumbents whose one-decision neighbours are candidates (BANANAS: top 10)
         n_random: int = 100,  # uniform candidates per step, for exploration (BANANAS: 100 per step)

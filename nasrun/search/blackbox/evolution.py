@@ -15,7 +15,7 @@ from typing import Any
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.base import DEFAULT_BUDGET, BlackBoxStrategy
 from nasrun.search.blackbox._common import (
     MAX_TRIES,
     Key,
@@ -43,7 +43,7 @@ class RegularizedEvolution(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        budget: int = DEFAULT_BUDGET,  # architectures evaluated (nasrun.search.base)
         population: int = 20,  # P, scaled to a 100-query budget (Real et al. use 100 for 20k models)
         sample: int = 5,  # S: tournament size, P/4 as in Real et al.'s P=100, S=25
     ) -> None:

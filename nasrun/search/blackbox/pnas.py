@@ -25,7 +25,7 @@ import torch
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.base import DEFAULT_BUDGET, BlackBoxStrategy
 from nasrun.search.blackbox._common import Key, one_hot
 from nasrun.search.blackbox._predictor import MLPEnsemble
 from nasrun.space.base import SearchSpace
@@ -53,7 +53,7 @@ class PNAS(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        budget: int = DEFAULT_BUDGET,  # architectures evaluated (nasrun.search.base)
         beam: int = 256,  # PNAS: beam size B = 256
         k: int = 10,  # evaluated per round (PNAS: K = 256 for ~1,200 models; a tenth of a 100 budget)
         completions: int = 16,  # uniform completions averaged to rank an incomplete cell (our adaptation)

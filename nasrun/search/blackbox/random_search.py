@@ -6,7 +6,7 @@ import random
 from typing import Any
 
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.base import DEFAULT_BUDGET, BlackBoxStrategy
 from nasrun.search.blackbox._common import (
     Key,
     keys_from_state,
@@ -31,7 +31,7 @@ class RandomSearch(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        budget: int = DEFAULT_BUDGET,  # architectures evaluated (nasrun.search.base)
     ) -> None:
         super().__init__(space, seed, budget)
         self.rng = random.Random(seed)

@@ -27,7 +27,7 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.run_folder import python_rng_state, set_python_rng_state
-from nasrun.search.base import BlackBoxStrategy
+from nasrun.search.base import DEFAULT_BUDGET, BlackBoxStrategy
 from nasrun.search.blackbox._common import Key, sample_unseen
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
@@ -186,7 +186,7 @@ class Reinforce(BlackBoxStrategy):
         self,
         space: SearchSpace,
         seed: int = 0,
-        budget: int = 100,  # architectures evaluated (NAS-Bench-201 comparisons commonly report ~100 queries)
+        budget: int = DEFAULT_BUDGET,  # architectures evaluated (nasrun.search.base)
         batch: int = 5,  # architectures per controller update (Zoph & Le's m, scaled down to small budgets)
         hidden: int = 64,  # LSTM size (Zoph & Le: 35; ENAS: 100)
         lr: float = 0.01,  # Adam lr of NATS-Bench's REINFORCE baseline (Dong et al. 2021); Zoph & Le: 6e-4

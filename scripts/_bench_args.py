@@ -1,4 +1,7 @@
-"""The runtime options the benchmark scripts share (``scripts/bench_search.py``, ``scripts/bench_train.py``).
+"""The runtime options the benchmark scripts share (`bench_search.py`, `bench_train.py` beside it).
+
+Kept in scripts/ (imported as `_bench_args`, the scripts' folder being first on `sys.path`): option
+parsing is the scripts' business, not the library's.
 
 Device, memory format, precision, compile, CPU threads and the depthwise backward: added to a
 script's parser by ``add_runtime_args`` and turned into a ``Trainer`` by ``trainer_from_args``.

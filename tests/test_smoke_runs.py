@@ -51,6 +51,8 @@ COVERING = [
     ("rsps", "nb201", "digits"),
     ("enas", "cifar_cell", "digits"),
     ("enas", "nb201", "synthetic"),
+    ("drnas", "cifar_cell", "digits"),
+    ("drnas", "nb201", "digits"),
 ]
 
 

@@ -13,13 +13,15 @@ from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.search.oneshot.plugin import EpochStart
 from nasrun.search.oneshot.sdarts import AdversarialPGD, RandomSmoothing, epsilon_at, simplex_clip
 from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer
 
 
-def _tiny_stepper():
-    space = CifarCellSpace(
-        layers=3, channels=4, nodes=2, ops=["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
-    )
+def _tiny_stepper(space=None):
+    if space is None:
+        space = CifarCellSpace(
+            layers=3, channels=4, nodes=2, ops=["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
+        )
     search = OneShotSearch(space, seed=0, order=1, epochs=4, lr=0.1, weight_decay=3e-4)
     stepper = search.make_stepper(num_classes=3, in_channels=2, trainer=Trainer(device="cpu"))
     stepper.module.double()
@@ -127,3 +129,30 @@ def test_sdarts_refuses_a_sampler() -> None:
         RandomSmoothing().check(settings)  # type: ignore[arg-type]
     with pytest.raises(UserError, match="epsilon"):
         AdversarialPGD(epsilon=0.1, epsilon_start=0.2)
+
+
+@pytest.mark.parametrize("plugin", [RandomSmoothing(), AdversarialPGD(steps=2)], ids=["rs", "adv"])
+def test_a_perturbed_step_on_nb201_moves_the_weights_and_keeps_the_alphas(plugin) -> None:
+    stepper, x, y = _tiny_stepper(NB201Space(channels=4, cells=1))
+    _start(plugin, 5)
+    before = [w.detach().clone() for w in stepper.weights]
+    alphas = [a.detach().clone() for a in stepper.alphas]
+    with plugin.around_weight_step(stepper, x, y):
+        loss, _ = stepper.weight_step(x, y)
+    assert loss == loss and any(not torch.equal(b, w) for b, w in zip(before, stepper.weights))
+    assert all(torch.equal(a, b) for a, b in zip(alphas, stepper.alphas))
+    assert stepper.module.offsets is None
+
+
+def test_state_dict_resumes_the_noise_within_an_epoch() -> None:
+    plugin = RandomSmoothing()
+    plugin.check(SimpleNamespace(sampler=None, seed=7))  # type: ignore[arg-type]
+    _start(plugin, 2)
+    plugin.uniform(torch.zeros(3), 0.1)
+    state = plugin.state_dict()
+    expected = plugin.uniform(torch.zeros(3), 0.1)
+    resumed = RandomSmoothing()
+    resumed.check(SimpleNamespace(sampler=None, seed=7))  # type: ignore[arg-type]
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.uniform(torch.zeros(3), 0.1), expected)
+    assert resumed.epsilon == plugin.epsilon

@@ -51,6 +51,10 @@ COVERING = [
     ("rsps", "nb201", "digits"),
     ("enas", "cifar_cell", "digits"),
     ("enas", "nb201", "synthetic"),
+    ("sdarts_rs", "cifar_cell", "digits"),
+    ("sdarts_rs", "nb201", "digits"),
+    ("sdarts_adv", "cifar_cell", "digits"),
+    ("sdarts_adv", "nb201", "digits"),
 ]
 
 

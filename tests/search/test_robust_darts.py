@@ -10,11 +10,14 @@ import torch
 
 from nasrun import UserError
 from nasrun.data.base import TensorSplit
+from nasrun.search.oneshot.edges import DenseEdge
 from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.plugin import EpochStart
 from nasrun.search.oneshot.robust_darts import (
     HESSIAN_STREAM,
     KEY,
     HessianEigenvalue,
+    ScheduledDropPath,
     dominant_eigenvalue,
     validation_hvp,
 )
@@ -137,3 +140,20 @@ def test_bad_settings_are_one_line() -> None:
         HessianEigenvalue(window=0)
     with pytest.raises(UserError, match="search.plugins.hessian.ratio=1.5"):
         HessianEigenvalue(ratio=1.5)
+
+
+def test_scheduled_drop_path_rises_linearly_on_every_edge() -> None:
+    search = OneShotSearch(tiny_space("nb201"), seed=0, epochs=5, batch_size=16)
+    stepper = search.make_stepper(10, 1, Trainer(device="cpu"))
+    plugin = ScheduledDropPath(drop_prob=0.6)
+    plugin.attach(stepper)
+    edges = [m for m in stepper.module.modules() if isinstance(m, DenseEdge)]
+    assert edges and all(e.drop_path == 0 for e in edges)
+    rates = []
+    for e in range(5):
+        plugin.start_epoch(stepper, EpochStart(e, 5, 0, e, True))
+        assert len({m.drop_path for m in edges}) == 1
+        rates.append(edges[0].drop_path)
+    assert rates == pytest.approx([0.0, 0.15, 0.3, 0.45, 0.6])  # reference: drop_prob * e / (E - 1)
+    with pytest.raises(UserError, match="search.plugins.drop_path.drop_prob=1"):
+        ScheduledDropPath(drop_prob=1.0)

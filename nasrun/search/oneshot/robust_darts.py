@@ -8,8 +8,9 @@ eigenvalue's local average has grown too fast, and makes the cell of ``window`` 
 result. The stop and the restore read only the history's records, so a resumed search stops and
 restores where the uninterrupted one does.
 
-The regularised forms (R-DARTS(L2), R-DARTS(DP)) change no code here: they are settings of the
-search (``conf/search/robust_darts_l2.yaml``).
+The regularised forms are settings: R-DARTS(L2) a larger weight decay of the supernet's weights
+(``conf/search/robust_darts_l2.yaml``), R-DARTS(DP) the ``ScheduledDropPath`` plug-in
+(``conf/search/robust_darts_dp.yaml``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from nasrun.train.runtime import cross_entropy
 
 if TYPE_CHECKING:
     from nasrun.search.oneshot.darts import DartsStepper
-    from nasrun.search.oneshot.plugin import SearchSettings
+    from nasrun.search.oneshot.plugin import EpochStart, SearchSettings
     from nasrun.search.oneshot.steppers import EpochData
 
 HESSIAN_STREAM = 6  # the validation batches of the eigenvalue (streams 0-5 are the steps' and the scores')
@@ -228,3 +229,37 @@ class HessianEigenvalue(OneShotPlugin):
     def result_epoch(self, records: Sequence[dict[str, Any]]) -> int | None:
         fired = self._fires(records)
         return None if fired is None else fired[0]
+
+
+class ScheduledDropPath(OneShotPlugin):
+    """Drop-path on every edge's mixed output during the search, its rate rising linearly.
+
+    At epoch ``e`` (from 0) of ``E`` the rate is ``drop_prob * e / (E - 1)``: none in the first
+    epoch, ``drop_prob`` in the last. It acts in training mode only (the steps, and the Hessian's
+    loss, which the reference also computes in training mode), never on the evaluation passes.
+
+    Args:
+        drop_prob: the last epoch's rate.
+    """
+
+    def __init__(self, drop_prob: float = 0.2) -> None:  # reference --drop_path_prob default 0.2
+        if not 0 <= drop_prob < 1:
+            raise UserError(f"search.plugins.drop_path.drop_prob={drop_prob}: must be in [0, 1)")
+        self.drop_prob = drop_prob
+
+    def rate(self, epoch: int, epochs: int) -> float:
+        """The rate of ``epoch`` (from 0) of ``epochs``."""
+        return self.drop_prob * epoch / (epochs - 1) if epochs > 1 else 0.0
+
+    def _set(self, stepper: DartsStepper, p: float) -> None:
+        setter = getattr(stepper.module, "set_drop_path", None)
+        if setter is None or setter(p) == 0:
+            raise UserError(
+                "search.plugins.drop_path: the supernet has no DenseEdge edges (search.edge) to drop paths on"
+            )
+
+    def attach(self, stepper: DartsStepper) -> None:
+        self._set(stepper, 0.0)  # fails at build time on a supernet without such edges
+
+    def start_epoch(self, stepper: DartsStepper, epoch: EpochStart) -> None:
+        self._set(stepper, self.rate(epoch.epoch, epoch.epochs))

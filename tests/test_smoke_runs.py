@@ -51,6 +51,9 @@ COVERING = [
     ("rsps", "nb201", "digits"),
     ("enas", "cifar_cell", "digits"),
     ("enas", "nb201", "synthetic"),
+    ("robust_darts", "cifar_cell", "digits"),
+    ("robust_darts_l2", "nb201", "digits"),
+    ("robust_darts_dp", "cifar_cell", "synthetic"),
 ]
 
 

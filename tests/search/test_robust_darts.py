@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hydra.utils import instantiate
 
 from nasrun import UserError
 from nasrun.data.base import TensorSplit
+from nasrun.pipeline import run
 from nasrun.search.oneshot.edges import DenseEdge
 from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.search.oneshot.plugin import EpochStart
@@ -138,8 +142,8 @@ def test_the_stop_message_names_the_ratio_and_the_restored_epoch() -> None:
 def test_bad_settings_are_one_line() -> None:
     with pytest.raises(UserError, match="search.plugins.hessian.window=0"):
         HessianEigenvalue(window=0)
-    with pytest.raises(UserError, match="search.plugins.hessian.ratio=1.5"):
-        HessianEigenvalue(ratio=1.5)
+    with pytest.raises(UserError, match="search.plugins.hessian.ratio=0"):
+        HessianEigenvalue(ratio=0)
 
 
 def test_scheduled_drop_path_rises_linearly_on_every_edge() -> None:
@@ -157,3 +161,40 @@ def test_scheduled_drop_path_rises_linearly_on_every_edge() -> None:
     assert rates == pytest.approx([0.0, 0.15, 0.3, 0.45, 0.6])  # reference: drop_prob * e / (E - 1)
     with pytest.raises(UserError, match="search.plugins.drop_path.drop_prob=1"):
         ScheduledDropPath(drop_prob=1.0)
+
+
+@pytest.mark.parametrize("space", ["cifar_cell", "nb201"])
+def test_a_forced_stop_restores_the_cell_of_k_epochs_back(compose_cfg, tmp_path: Path, space: str) -> None:
+    """A smoke search records the eigenvalue every epoch; with a threshold that any history meets,
+    it stops once 2k eigenvalues exist and its result is the cell that epoch k before recorded."""
+    cfg = compose_cfg(
+        "experiment=smoke",
+        "data=digits",
+        f"space={space}",
+        "search=robust_darts",
+        "search.epochs=6",
+        "search.plugins.hessian.window=2",
+        "search.plugins.hessian.ratio=1000",
+        "search.plugins.hessian.first_result_epoch=1",
+        "search.plugins.hessian.iters=10",
+    )
+    run(cfg, tmp_path)
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # stopped after epoch 4 of 6
+    assert all(isinstance(r[KEY], float) for r in history)
+    assert "epoch 2" in history[-1]["stopped"]
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["genotype"] == history[1]["genotype"]
+
+
+def test_the_regularised_variants_compose_with_their_values(compose_cfg) -> None:
+    es = compose_cfg("search=robust_darts").search
+    assert es.order == 2 and es.plugins.hessian.early_stop and "drop_path" not in es.plugins
+    l2 = compose_cfg("search=robust_darts_l2").search
+    assert l2.weight_decay == pytest.approx(0.0243) and not l2.plugins.hessian.early_stop
+    assert l2.order == 2 and "drop_path" not in l2.plugins
+    dp = compose_cfg("search=robust_darts_dp").search
+    assert dp.weight_decay == es.weight_decay and not dp.plugins.hessian.early_stop
+    plugins = {k: instantiate(v) for k, v in dp.plugins.items()}
+    assert isinstance(plugins["hessian"], HessianEigenvalue)
+    assert isinstance(plugins["drop_path"], ScheduledDropPath) and plugins["drop_path"].drop_prob == 0.6

@@ -126,7 +126,7 @@ class HessianEigenvalue(OneShotPlugin):
         tol: the power iteration's relative tolerance.
         early_stop: whether to stop (DARTS-ES) or only record.
         window: the local average's epochs, and how far back the comparison and the restore go.
-        ratio: the stop threshold on ``a(i - window) / a(i)``.
+        ratio: the stop threshold on ``a(i - window) / a(i)`` (above 1, it stops even without growth).
         first_result_epoch: no cell before this epoch (counted from 1) is restored.
     """
 
@@ -144,8 +144,8 @@ class HessianEigenvalue(OneShotPlugin):
         for key, value in (("every", every), ("batches", batches), ("iters", iters), ("window", window)):
             if value < 1:
                 raise UserError(f"search.plugins.hessian.{key}={value}: must be >= 1")
-        if not 0 < ratio <= 1:
-            raise UserError(f"search.plugins.hessian.ratio={ratio}: must be in (0, 1]")
+        if ratio <= 0:
+            raise UserError(f"search.plugins.hessian.ratio={ratio}: must be > 0")
         if tol <= 0:
             raise UserError(f"search.plugins.hessian.tol={tol}: must be > 0")
         self.every = every

@@ -173,7 +173,7 @@ class HessianEigenvalue(OneShotPlugin):
             a.requires_grad_(True)
         try:
             with buffers_restored(stepper.module):
-                stepper.model.train()
+                stepper.module.train()
                 it = data.batches(HESSIAN_STREAM)
                 losses = []
                 for _ in range(self.batches):
@@ -181,9 +181,9 @@ class HessianEigenvalue(OneShotPlugin):
                     if got is None:
                         break
                     x, y = got
-                    with stepper.trainer.autocast():
-                        logits = stepper.model(x)
-                    losses.append(cross_entropy(logits.float(), y))
+                    # The plain module in full precision: a compiled model has no double backward,
+                    # and half-precision products would blur the eigenvalue.
+                    losses.append(cross_entropy(stepper.module(x), y))
                 loss = torch.stack(losses).mean()
                 hvp = validation_hvp(loss, alphas, decay)
                 n = sum(a.numel() for a in alphas)

@@ -57,6 +57,9 @@ COVERING = [
     ("sdarts_rs", "nb201", "digits"),
     ("sdarts_adv", "cifar_cell", "digits"),
     ("sdarts_adv", "nb201", "digits"),
+    ("robust_darts", "cifar_cell", "digits"),
+    ("robust_darts_l2", "nb201", "digits"),
+    ("robust_darts_dp", "cifar_cell", "synthetic"),
 ]
 
 

@@ -126,3 +126,30 @@ def test_fan_out_of_nb201_ops_equals_each_edge(train: bool) -> None:
         assert torch.allclose(a, b, atol=1e-12)
     for a, b in zip(plain.buffers(), fused.buffers(), strict=True):
         assert torch.allclose(a.double(), b.double(), atol=1e-12)
+
+
+def test_drop_path_on_edges_fused_and_edge_by_edge() -> None:
+    """Drop-path zeroes whole samples of an edge's mixed output and scales the rest by 1 / (1 - p),
+    in training only; the fused path draws the same masks as edge-by-edge compute."""
+    torch.manual_seed(0)
+    ops = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3"]
+    edges = [DenseEdge(4, 1, ops).double() for _ in range(3)]
+    x = torch.randn(16, 4, 6, 6, dtype=torch.float64)
+    w = torch.softmax(torch.randn(3, len(ops), dtype=torch.float64), dim=-1)
+    for e in edges:
+        e.eval()  # BatchNorm with running statistics: the outputs depend on the drop-path only
+    clean = DenseEdge.fan_out(edges, x, w)
+    for e in edges:
+        e.drop_path = 0.5
+    assert all(torch.equal(a, b) for a, b in zip(clean, DenseEdge.fan_out(edges, x, w)))  # not in eval
+    for e in edges:
+        e.training = True  # the edge itself only: its BatchNorms stay in eval mode
+    torch.manual_seed(1)
+    fused = DenseEdge.fan_out(edges, x, w)
+    torch.manual_seed(1)
+    single = [e(x, wi) for e, wi in zip(edges, w)]
+    for f, s, c in zip(fused, single, clean):
+        assert torch.allclose(f, s)
+        kept = f.flatten(1).abs().sum(1) > 0
+        assert 0 < int(kept.sum()) < 16  # some samples dropped, some kept
+        assert torch.allclose(f[kept], 2 * c[kept])

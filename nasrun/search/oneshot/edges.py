@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nasrun import UserError
+from nasrun.space.cifar_cell import drop_path
 from nasrun.space.depthwise import depthwise_conv2d
 from nasrun.space.ops import FactorizedReduce, make_op
 
@@ -71,6 +72,8 @@ class DenseEdge(nn.Module):
         # P-DARTS's dropout after identity skip-connects (a rate the search sets per epoch).
         self.skip_dropout = 0.0
         self.skip = ops.index("skip_connect") if stride == 1 and "skip_connect" in ops else -1
+        # Drop-path on the edge's mixed output in training (a rate the search may set per epoch).
+        self.drop_path = 0.0
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, C, H, W]``, ``weights`` ``[n_ops]`` -> ``[B, C, H/stride, W/stride]``."""
@@ -86,6 +89,8 @@ class DenseEdge(nn.Module):
             y = weights[k] * h
             out = y if out is None else out + y
         assert out is not None
+        if self.drop_path > 0 and self.training:
+            out = drop_path(out, self.drop_path)
         return out
 
     @staticmethod
@@ -145,7 +150,10 @@ class DenseEdge(nn.Module):
             else:  # one multiply-add for all the edges
                 acc = w * h if acc is None else torch.addcmul(acc, w, h)
         assert acc is not None
-        return list(acc.unbind(1))
+        outs = list(acc.unbind(1))
+        if edges[0].training:
+            outs = [drop_path(o, e.drop_path) if e.drop_path > 0 else o for o, e in zip(outs, edges)]
+        return outs
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:

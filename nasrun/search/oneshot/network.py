@@ -238,6 +238,13 @@ class OneShotNetwork(nn.Module):
             if isinstance(m, DenseEdge):
                 m.skip_dropout = p
 
+    def set_drop_path(self, p: float) -> int:
+        """Drop-path at rate ``p`` on the mixed output of every DARTS edge in training; returns their count."""
+        edges = [m for m in self.skeleton.modules() if isinstance(m, DenseEdge)]
+        for m in edges:
+            m.drop_path = p
+        return len(edges)
+
     def arch_weights(self) -> dict[str, Any]:
         """The architecture weights for history records: softmaxed op weights (and edge weights)."""
         out: dict[str, Any] = {t: w.detach().float().cpu().tolist() for t, w in self.op_weights().items()}

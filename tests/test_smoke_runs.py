@@ -53,6 +53,7 @@ COVERING = [
     ("enas", "nb201", "synthetic"),
     ("drnas", "cifar_cell", "digits"),
     ("drnas", "nb201", "digits"),
+    ("drnas_kl", "cifar_cell", "digits"),
     ("sdarts_rs", "cifar_cell", "digits"),
     ("sdarts_rs", "nb201", "digits"),
     ("sdarts_adv", "cifar_cell", "digits"),

@@ -183,8 +183,10 @@ def test_a_forced_stop_restores_the_cell_of_k_epochs_back(compose_cfg, tmp_path:
     assert [r["epoch"] for r in history] == [1, 2, 3, 4]  # stopped after epoch 4 of 6
     assert all(isinstance(r[KEY], float) for r in history)
     assert "epoch 2" in history[-1]["stopped"]
+    genotype = json.loads((tmp_path / "genotype.json").read_text())
+    assert {k: genotype[k] for k in history[1]["genotype"]} == history[1]["genotype"]
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["genotype"] == history[1]["genotype"]
+    assert result["search_result_epoch"]["epoch"] == 2
 
 
 def test_the_regularised_variants_compose_with_their_values(compose_cfg) -> None:

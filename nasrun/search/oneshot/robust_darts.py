@@ -22,11 +22,10 @@ import torch
 
 from nasrun import UserError
 from nasrun.search.oneshot.darts import buffers_restored
-from nasrun.search.oneshot.plugin import OneShotPlugin
+from nasrun.search.oneshot.plugin import OneShotPlugin, Stepper
 from nasrun.train.runtime import cross_entropy
 
 if TYPE_CHECKING:
-    from nasrun.search.oneshot.darts import DartsStepper
     from nasrun.search.oneshot.plugin import EpochStart, SearchSettings
     from nasrun.search.oneshot.steppers import EpochData
 
@@ -164,7 +163,7 @@ class HessianEigenvalue(OneShotPlugin):
                 "validation split (search.train_portion) for it"
             )
 
-    def eigenvalue(self, stepper: DartsStepper, data: EpochData) -> float:
+    def eigenvalue(self, stepper: Stepper, data: EpochData) -> float:
         """The dominant eigenvalue at the stepper's current weights and alphas on ``data``'s batches."""
         alphas = stepper.alphas
         decay = float(stepper.a_opt.param_groups[0]["weight_decay"])
@@ -195,7 +194,7 @@ class HessianEigenvalue(OneShotPlugin):
             for a, s in zip(alphas, saved):
                 a.requires_grad_(s)
 
-    def end_epoch(self, stepper: DartsStepper, data: EpochData, arch_steps: bool) -> dict[str, Any]:
+    def end_epoch(self, stepper: Stepper, data: EpochData, arch_steps: bool) -> dict[str, Any]:
         if (data.epoch + 1) % self.every != 0 and not data.last:
             return {}
         return {KEY: self.eigenvalue(stepper, data)}
@@ -251,15 +250,15 @@ class ScheduledDropPath(OneShotPlugin):
         """The rate of ``epoch`` (from 0) of ``epochs``."""
         return self.drop_prob * epoch / (epochs - 1) if epochs > 1 else 0.0
 
-    def _set(self, stepper: DartsStepper, p: float) -> None:
+    def _set(self, stepper: Stepper, p: float) -> None:
         setter = getattr(stepper.module, "set_drop_path", None)
         if setter is None or setter(p) == 0:
             raise UserError(
                 "search.plugins.drop_path: the supernet has no DenseEdge edges (search.edge) to drop paths on"
             )
 
-    def attach(self, stepper: DartsStepper) -> None:
+    def attach(self, stepper: Stepper) -> None:
         self._set(stepper, 0.0)  # fails at build time on a supernet without such edges
 
-    def start_epoch(self, stepper: DartsStepper, epoch: EpochStart) -> None:
+    def start_epoch(self, stepper: Stepper, epoch: EpochStart) -> None:
         self._set(stepper, self.rate(epoch.epoch, epoch.epochs))

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from nasrun import UserError
-from nasrun.search.oneshot.plugin import EpochStart, OneShotPlugin, SearchSettings
-
-if TYPE_CHECKING:
-    from nasrun.search.oneshot.darts import DartsStepper
+from nasrun.search.oneshot.plugin import EpochStart, OneShotPlugin, SearchSettings, Stepper
 
 Weights = dict[str, torch.Tensor]
 
@@ -85,7 +82,7 @@ class _Perturbation(OneShotPlugin):
         self.seed = int(search.seed)
         self._seed_epoch(0)
 
-    def start_epoch(self, stepper: DartsStepper, epoch: EpochStart) -> None:
+    def start_epoch(self, stepper: Stepper, epoch: EpochStart) -> None:
         self.epsilon = epsilon_at(epoch.epoch, epoch.epochs, self.epsilon_max, self.epsilon_start)
         self._seed_epoch(epoch.epoch)
 
@@ -94,22 +91,22 @@ class _Perturbation(OneShotPlugin):
         u = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
         return ((2 * u - 1) * radius).to(like.device)
 
-    def offsets(self, stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor) -> Weights:
+    def offsets(self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> Weights:
         """Per cell type ``[n_edges, n_ops]``: what the weight step on ``(x, y)`` adds to the edges' weights."""
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def _around(self, stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor) -> Iterator[None]:
+    def _around(self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> Iterator[None]:
         delta = self.offsets(stepper, x, y)
         with stepper.module.perturbed(delta):  # type: ignore[operator]
             yield
 
     def around_weight_step(
-        self, stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor
+        self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor
     ) -> contextlib.AbstractContextManager[None]:
         return self._around(stepper, x, y)
 
-    def end_epoch(self, stepper: DartsStepper, data: Any, arch_steps: bool) -> dict[str, Any]:
+    def end_epoch(self, stepper: Stepper, data: Any, arch_steps: bool) -> dict[str, Any]:
         return {"sdarts_epsilon": self.epsilon}
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,7 +120,7 @@ class _Perturbation(OneShotPlugin):
             self.generator.set_state(state["generator"])
 
 
-def _clean_weights(stepper: DartsStepper) -> Weights:
+def _clean_weights(stepper: Stepper) -> Weights:
     """The edges' weights without any offset: the softmax of the alphas (the architecture step's)."""
     with torch.no_grad():
         return {t: w.detach() for t, w in stepper.module.op_weights().items()}  # type: ignore[operator]
@@ -140,7 +137,7 @@ class RandomSmoothing(_Perturbation):
     def __init__(self, epsilon: float = 0.3, epsilon_start: float = 0.03):
         super().__init__(epsilon, epsilon_start)
 
-    def offsets(self, stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor) -> Weights:
+    def offsets(self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> Weights:
         clean = _clean_weights(stepper)
         return {t: simplex_clip(w + self.uniform(w, self.epsilon)) - w for t, w in clean.items()}
 
@@ -170,7 +167,7 @@ class AdversarialPGD(_Perturbation):
         self.steps = steps
         self.random_start = random_start
 
-    def offsets(self, stepper: DartsStepper, x: torch.Tensor, y: torch.Tensor) -> Weights:
+    def offsets(self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> Weights:
         net = stepper.module
         clean = _clean_weights(stepper)
         eps = self.epsilon

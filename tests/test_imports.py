@@ -1,13 +1,10 @@
-"""No import cycles between the modules of the ``nasrun`` package.
+"""No import cycles between the files of the ``nasrun`` package, as drawing its import graph shows them.
 
 The graph is read from the source with ``ast``, so the test sees every ``import`` and
-``from ... import`` statement, at module level and inside functions alike: a function-level
-(lazy) import only delays the cycle to the first call, so it counts as an edge.
-
-Imports under ``if TYPE_CHECKING:`` do not count. They never execute, and they exist so that an
-annotation (unevaluated, under ``from __future__ import annotations``) can name a type of a module
-that imports this one, as ``nasrun.search.base`` (``SearchContext``) and ``nasrun.evaluator.base``
-(``Evaluator``) name each other's types.
+``from ... import`` statement: at module level, inside functions (a lazy import only delays the
+cycle to the first call) and under ``if TYPE_CHECKING:`` (an annotation that names a type of a
+file importing this one still ties the two files together; a protocol next to its user breaks
+the tie, as ``nasrun.evaluator.base.EvalContext`` and ``nasrun.search.oneshot.plugin.Stepper`` do).
 
 An edge goes to the module an import names: ``from nasrun.a import b`` reaches ``nasrun.a.b`` if
 that is a module, else ``nasrun.a``; ``import nasrun.a.b`` reaches ``nasrun.a.b``. The parent
@@ -34,26 +31,9 @@ def _modules() -> dict[str, tuple[Path, bool]]:
     return out
 
 
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    """Every import statement of ``tree`` that can execute: all but the bodies of ``if TYPE_CHECKING:``."""
-    found: list[ast.Import | ast.ImportFrom] = []
-    stack: list[ast.AST] = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            found.append(node)
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            stack.extend(node.orelse)  # the `else:` branch does run
-            continue
-        stack.extend(ast.iter_child_nodes(node))
-    return found
+    """Every import statement of ``tree``, ``if TYPE_CHECKING:`` blocks included."""
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
 
 
 def import_graph() -> dict[str, set[str]]:

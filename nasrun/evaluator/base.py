@@ -9,7 +9,29 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from nasrun.space.genotype import Genotype
 
 if TYPE_CHECKING:
-    from nasrun.search.base import SearchContext
+    from nasrun.data.base import DataModule
+    from nasrun.space.base import SearchSpace
+    from nasrun.train.trainer import Trainer
+
+
+class EvalContext(Protocol):
+    """What an evaluator reads of the run that asks it (a search's ``SearchContext`` is one).
+
+    A protocol here, rather than the search's class, so that the evaluators and the searches that
+    use them do not import each other.
+    """
+
+    @property
+    def space(self) -> SearchSpace: ...
+
+    @property
+    def seed(self) -> int: ...
+
+    @property
+    def data(self) -> DataModule | None: ...
+
+    @property
+    def trainer(self) -> Trainer | None: ...
 
 
 @dataclass
@@ -32,7 +54,7 @@ class Evaluation:
 class Evaluator(Protocol):
     """Scores architectures. Built from ``conf/evaluator/*.yaml`` with its own arguments only."""
 
-    def evaluate(self, genotype: Genotype, ctx: SearchContext) -> Evaluation:
+    def evaluate(self, genotype: Genotype, ctx: EvalContext) -> Evaluation:
         """Score ``genotype``; ``ctx`` carries the space, data, trainer and run folder."""
         ...
 
@@ -47,7 +69,7 @@ class ParallelEvaluator(Evaluator, Protocol):
 
     workers: int  #: architectures scored concurrently at most (1: one at a time)
 
-    def evaluate_many(self, genotypes: Sequence[Genotype], ctx: SearchContext) -> Iterator[Evaluation]:
+    def evaluate_many(self, genotypes: Sequence[Genotype], ctx: EvalContext) -> Iterator[Evaluation]:
         """Score ``genotypes`` concurrently; yield the evaluations in order, each once it is done."""
         ...
 

@@ -15,15 +15,11 @@ import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nasrun import UserError
-from nasrun.evaluator.base import Evaluation
+from nasrun.evaluator.base import EvalContext, Evaluation
 from nasrun.space.genotype import Genotype, GenotypeError
 from nasrun.space.nb201 import from_string, to_string
-
-if TYPE_CHECKING:
-    from nasrun.search.base import SearchContext
 
 REQUIRED_COLUMNS = ("arch", "val_acc", "test_acc")
 
@@ -105,7 +101,7 @@ class TabularEvaluator:
         self.path = _absolute(table)
         self.table = load_table(str(self.path))
 
-    def evaluate(self, genotype: Genotype, ctx: SearchContext) -> Evaluation:
+    def evaluate(self, genotype: Genotype, ctx: EvalContext) -> Evaluation:
         """Look ``genotype`` up.
 
         Raises:

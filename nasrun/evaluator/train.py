@@ -26,14 +26,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from nasrun import UserError
-from nasrun.evaluator.base import Evaluation
+from nasrun.evaluator.base import EvalContext, Evaluation
 from nasrun.report.results import count_params
 from nasrun.space.genotype import Genotype
 from nasrun.train.threads import apply_threads, resolve_threads
 
 if TYPE_CHECKING:
     from nasrun.data.base import DataModule
-    from nasrun.search.base import SearchContext
     from nasrun.space.base import SearchSpace
     from nasrun.train.trainer import Trainer
 
@@ -64,9 +63,9 @@ class TrainEvaluator:
         self.workers = workers
         self.cache: dict[str, Evaluation] = {}
         self._pool: ProcessPoolExecutor | None = None
-        self._pool_ctx: SearchContext | None = None  # the run the pool's workers hold the data of
+        self._pool_ctx: EvalContext | None = None  # the run the pool's workers hold the data of
 
-    def evaluate(self, genotype: Genotype, ctx: SearchContext) -> Evaluation:
+    def evaluate(self, genotype: Genotype, ctx: EvalContext) -> Evaluation:
         """Train ``genotype``'s network and return its validation and test accuracy (%).
 
         Raises:
@@ -78,7 +77,7 @@ class TrainEvaluator:
             self.cache[key] = _train(ctx.space, genotype, data, trainer, self.epochs, self.network, ctx.seed)
         return self.cache[key]
 
-    def evaluate_many(self, genotypes: Sequence[Genotype], ctx: SearchContext) -> Iterator[Evaluation]:
+    def evaluate_many(self, genotypes: Sequence[Genotype], ctx: EvalContext) -> Iterator[Evaluation]:
         """Train the children of ``genotypes`` concurrently (``workers`` at a time); yield their
         evaluations in order, each as soon as it and the ones before it are done.
 
@@ -102,7 +101,7 @@ class TrainEvaluator:
             self._pool.shutdown(wait=True, cancel_futures=True)
         self._pool, self._pool_ctx = None, None
 
-    def _pool_for(self, ctx: SearchContext) -> ProcessPoolExecutor:
+    def _pool_for(self, ctx: EvalContext) -> ProcessPoolExecutor:
         """The worker pool of ``ctx``'s run; the workers receive the data and settings once."""
         if self._pool is None or self._pool_ctx is not ctx:
             self.close()
@@ -121,7 +120,7 @@ class TrainEvaluator:
         return self._pool
 
 
-def _data_and_trainer(ctx: SearchContext) -> tuple[DataModule, Trainer]:
+def _data_and_trainer(ctx: EvalContext) -> tuple[DataModule, Trainer]:
     data, trainer = ctx.data, ctx.trainer
     if data is None or trainer is None:
         raise UserError("evaluator=train needs data (data=digits, data=cifar10, ...) and a trainer")

@@ -310,6 +310,11 @@ for _name, _target in oneshot_pieces().items():
     )
 
 
+# DARTS+'s early-stop criteria (``search/early_stop=NAME``): the group's files extend these.
+SkipConnectsConfig = schema_of("nasrun.search.oneshot.early_stop.SkipConnects", "SkipConnectsConfig")
+StableRankingConfig = schema_of("nasrun.search.oneshot.early_stop.StableRanking", "StableRankingConfig")
+
+
 class Task(str, Enum):
     nas = "nas"  # search, derive, retrain, evaluate
     retrain = "retrain"  # retrain a given genotype (genotype=NAME or genotype_path=PATH)
@@ -371,6 +376,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "synthetic_schema": SyntheticDataConfig,
     },
     "genotype": {"genotype_schema": GenotypeConfig},
+    "search/early_stop": {
+        "skip_connects_schema": SkipConnectsConfig,
+        "stable_ranking_schema": StableRankingConfig,
+    },
 }
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from hydra.core.config_store import ConfigStore
+from hydra.core.object_type import ObjectType
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -108,6 +109,8 @@ def _inherited(group: str, entries: list[Any]) -> Any:
         if isinstance(entry, dict):  # a sub-group choice (early_stop: skip_connects) or an override
             ((key, option),) = entry.items()
             key = key.removeprefix("override ").lstrip("/")
+            if key.split("/")[0] == "hydra":  # Hydra's own groups (a sweep's sweeper, launcher)
+                continue
             if option is not None and (config_dir() / group / key).is_dir():
                 base = OmegaConf.merge(base, {key: _option_values(f"{group}/{key}", option)})
             elif option is not None:  # a global file choosing another group's option
@@ -115,7 +118,10 @@ def _inherited(group: str, entries: list[Any]) -> Any:
             continue
         name, _, package = entry.partition("@")
         if name.endswith("_schema"):
-            node = ConfigStore.instance().load(f"{group.split('/')[0]}/{name}.yaml").node
+            store = ConfigStore.instance()
+            found = store.get_type(f"{group}/{name}.yaml") == ObjectType.CONFIG
+            owner = group if found else group.split("/")[0]  # a sub-group's own schema, else the group's
+            node = store.load(f"{owner}/{name}.yaml").node
             base = OmegaConf.merge(base, _place(_plain(node), package))
         else:  # a parent option of the same group (pc_darts starts from darts)
             base = OmegaConf.merge(base, _option_values(group, name))
@@ -141,7 +147,7 @@ def _restated(own: Any, base: Any, prefix: str = "") -> list[str]:
 
 def _files() -> list[Path]:
     root = config_dir()
-    return sorted(p for p in root.rglob("*.yaml") if p.relative_to(root).parts[0] not in ("hydra", "sweep"))
+    return sorted(p for p in root.rglob("*.yaml") if p.relative_to(root).parts[0] not in ("hydra",))
 
 
 @pytest.mark.parametrize("path", _files(), ids=lambda p: str(p.relative_to(config_dir())))

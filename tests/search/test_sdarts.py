@@ -40,7 +40,7 @@ def _loss(stepper, offsets, x, y) -> float:
     net.eval()
     try:
         with torch.no_grad(), net.perturbed(offsets):
-            return float(stepper._loss(x, y)[0])
+            return float(stepper.loss(x, y)[0])
     finally:
         net.train()
 

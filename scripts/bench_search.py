@@ -34,7 +34,7 @@ from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
 from nasrun.data.synthetic import synthetic
 from nasrun.search.oneshot.engine import OneShotSearch
-from nasrun.search.oneshot.steppers import EpochData
+from nasrun.search.oneshot.plugin import EpochData
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space

@@ -77,7 +77,8 @@ def module_source(module: str) -> Path:
 
 @cache
 def _module_ast(module: str) -> ast.Module:
-    return ast.parse(module_source(module).read_text(), filename=str(module_source(module)))
+    path = module_source(module)
+    return ast.parse(path.read_text(), filename=str(path))
 
 
 def _top_level(module: str) -> dict[str, ast.ClassDef | ast.FunctionDef]:

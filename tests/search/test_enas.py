@@ -23,8 +23,8 @@ from nasrun.search.oneshot.enas import (
     controller_logits,
 )
 from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.plugin import EpochData
 from nasrun.search.oneshot.sampled_edges import SampledEdge
-from nasrun.search.oneshot.steppers import EpochData
 from nasrun.space.nb201 import NB201Space
 from nasrun.train.trainer import Trainer
 from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space

@@ -16,16 +16,14 @@ from nasrun.data.base import TensorSplit
 from nasrun.pipeline import run
 from nasrun.search.oneshot.edges import DenseEdge
 from nasrun.search.oneshot.engine import OneShotSearch
-from nasrun.search.oneshot.plugin import EpochStart
+from nasrun.search.oneshot.plugin import HESSIAN_STREAM, EpochData, EpochStart
 from nasrun.search.oneshot.robust_darts import (
-    HESSIAN_STREAM,
     KEY,
     HessianEigenvalue,
     ScheduledDropPath,
     dominant_eigenvalue,
     validation_hvp,
 )
-from nasrun.search.oneshot.steppers import EpochData
 from nasrun.train.trainer import Trainer
 from tests.search.sampling_helpers import tiny_space
 

@@ -12,9 +12,9 @@ from scipy.stats import chisquare
 
 from nasrun import UserError
 from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.plugin import EpochData
 from nasrun.search.oneshot.rsps import UniformSampling, UniformStepper, uniform_choices
 from nasrun.search.oneshot.sampled_edges import SampledEdge
-from nasrun.search.oneshot.steppers import EpochData
 from nasrun.train.trainer import Trainer
 from tests.search.sampling_helpers import batch, count_op_calls, stepper_of, tiny_ctx, tiny_space
 

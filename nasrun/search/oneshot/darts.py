@@ -208,10 +208,8 @@ class DartsStepper:
         It runs inside every plug-in's ``around_weight_step`` (SDARTS perturbs the edges' weights
         there).
         """
-        if self.plugins:
-            with all_around(self.plugins, self, x_train, y_train):
-                return self._weight_step(x_train, y_train)
-        return self._weight_step(x_train, y_train)
+        with all_around(self.plugins, self, x_train, y_train):
+            return self._weight_step(x_train, y_train)
 
     def _weight_step(self, x_train: torch.Tensor, y_train: torch.Tensor) -> tuple[float, int]:
         # The alphas are frozen so that no gradient is computed for them.

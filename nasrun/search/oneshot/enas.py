@@ -35,13 +35,8 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.search.blackbox.reinforce import ControllerState
-from nasrun.search.oneshot.plugin import SearchSettings
-from nasrun.search.oneshot.steppers import (
-    CONTROLLER_STREAM,
-    CellSamplingStepper,
-    EpochData,
-    check_sampled_space,
-)
+from nasrun.search.oneshot.plugin import CONTROLLER_STREAM, EpochData, SearchSettings
+from nasrun.search.oneshot.steppers import CellSamplingStepper, check_sampled_space
 from nasrun.space.cifar_cell import CifarCellSpace
 
 if TYPE_CHECKING:

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from nasrun import UserError
+from nasrun.config.build import chosen
 from nasrun.data.base import DataModule, TensorSplit, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
 from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, set_rng_state
@@ -48,6 +49,9 @@ from nasrun.space.base import EdgeFactory, OneShotSpace, SearchSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.runtime import epoch_generator
 from nasrun.train.trainer import Trainer
+
+#: The progress bar's ``advance(steps, text)``.
+Progress = Callable[[int, str], None]
 
 
 @dataclass
@@ -65,7 +69,6 @@ class _EpochPlan:
     augment: Any  # the data's training augmentation
     score_derived: bool  # score each epoch's cell with the run's evaluator
     checkpoint: Path
-    advance: Callable[[int, str], None] = lambda n, text: None  # the progress bar's
 
 
 @dataclass
@@ -225,7 +228,6 @@ class OneShotSearch:
         self.order = order
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
-        self.early_stop = early_stop
         self.batch_size = batch_size
         self.train_portion = train_portion
         self.opt_args = dict(
@@ -246,8 +248,9 @@ class OneShotSearch:
         )
         if order == 2 and sampler is not None and update is None:
             raise UserError(
-                "search.order=2: the sampler draws fresh Gumbel noise on every forward pass, so the "
-                "unrolled step's finite difference would compare different cells; use search.order=1"
+                f"search.order=2: the sampler ({type(sampler).__name__}) draws fresh random weights on every "
+                "forward pass, so the unrolled step's finite difference would compare different cells; "
+                "use search.order=1"
             )
         self.sampler = sampler
         self.update = update
@@ -309,8 +312,6 @@ class OneShotSearch:
             deeper = [st.layers for st in plan if st.layers is not None]
             if deeper:
                 # Said as the user chose it (search=p_darts), not as the key that holds the depths.
-                from nasrun.config.build import chosen  # nasrun.config imports this module
-
                 who = chosen("search") or f"search.stages.layers={deeper}"
                 raise UserError(
                     f"{who} needs a space of variable depth (its stages grow the supernet to "
@@ -409,7 +410,6 @@ class OneShotSearch:
         stage, stage_epoch, edge_ops, wall, state = at.stage, at.stage_epoch, at.edge_ops, at.wall, at.state
         network: OneShotNetwork | None = None
         with progress_bar("search", total=self.epochs * plan.steps, completed=done * plan.steps) as advance:
-            plan.advance = advance
             while stage < len(self.stages) and stopped is None:
                 stepper = self.make_stepper(
                     plan.data.num_classes, plan.data.in_channels, plan.trainer, stage, edge_ops
@@ -429,9 +429,9 @@ class OneShotSearch:
                         arch_steps=epoch >= self.stages[stage].warmup_epochs,
                     )
                     self._start_epoch(stepper, network, start)
-                    train_loss, train_acc = self._steps(stepper, plan, start)
+                    train_loss, train_acc = self._steps(stepper, plan, start, advance)
                     done += 1
-                    record = self._end_epoch(stepper, network, plan, start, ctx)
+                    record = self._end_epoch(stepper, network, plan, start, ctx, advance)
                     wall += time.perf_counter() - t0
                     record = {
                         "epoch": done,
@@ -551,8 +551,10 @@ class OneShotSearch:
         for plugin in self.plugins.values():
             plugin.start_epoch(stepper, start)
 
-    def _steps(self, stepper: DartsStepper, plan: _EpochPlan, start: EpochStart) -> tuple[float, float]:
-        """The epoch's steps; returns the weight steps' mean training loss and accuracy."""
+    def _steps(
+        self, stepper: DartsStepper, plan: _EpochPlan, start: EpochStart, advance: Progress
+    ) -> tuple[float, float]:
+        """The epoch's steps (each advancing the progress bar); returns the weight steps' mean loss and accuracy."""
         loss_sum, correct, n = 0.0, 0, 0
         gen_w, gen_a = epoch_generator(self.seed, start.epoch, 0), epoch_generator(self.seed, start.epoch, 1)
         train_it = plan.trainer.batches(plan.w_half, plan.batch_size, gen_w, plan.augment)
@@ -568,7 +570,7 @@ class OneShotSearch:
             loss_sum += loss * yt.numel()
             correct += c
             n += int(yt.numel())
-            plan.advance(1, f"epoch {start.epoch + 1} loss {loss_sum / n:.3f}")
+            advance(1, f"epoch {start.epoch + 1} loss {loss_sum / n:.3f}")
         stepper.sched.step()
         return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
@@ -579,13 +581,14 @@ class OneShotSearch:
         plan: _EpochPlan,
         start: EpochStart,
         ctx: SearchContext,
+        advance: Progress,
     ) -> dict[str, Any]:
         """After the steps: the update's and the plug-ins' work, the derived cell, its scores."""
         extra: dict[str, Any] = {}
         derived: Genotype | None = None
 
         def status(text: str, e: int = start.epoch + 1) -> None:
-            plan.advance(0, f"epoch {e} {text}")
+            advance(0, f"epoch {e} {text}")
 
         epoch_data = EpochData(
             split=plan.a_half if plan.a_half is not None else plan.w_half,

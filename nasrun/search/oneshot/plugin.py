@@ -117,6 +117,16 @@ class Stepper(Protocol):
         ...
 
 
+# The random streams of an epoch (``EpochData.generator``), one per use, so that a resumed epoch
+# draws what the uninterrupted one drew. 0 and 1 shuffle the epoch's weight and architecture steps.
+CONTROLLER_STREAM = 2  # ENAS's controller phase: its validation batches
+SCORE_STREAM = 3  # the validation batches that score candidate cells
+CANDIDATE_STREAM = 4  # the draws of the candidate cells
+RESCORE_STREAM = 5  # the pass over the validation split that scores the best candidates again
+HESSIAN_STREAM = 6  # R-DARTS: the validation batches of the Hessian's eigenvalue, and its start vector
+PERTURBATION_STREAM = 7  # SDARTS: the noise of the epoch's perturbed weight steps
+
+
 @dataclass
 class EpochData:
     """The architecture's half of the search data, for a stepper's work at the end of an epoch.

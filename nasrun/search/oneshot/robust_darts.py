@@ -16,20 +16,21 @@ The regularised forms are settings: R-DARTS(L2) a larger weight decay of the sup
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from nasrun import UserError
 from nasrun.search.oneshot.darts import buffers_restored
-from nasrun.search.oneshot.plugin import OneShotPlugin, Stepper
+from nasrun.search.oneshot.plugin import (
+    HESSIAN_STREAM,
+    EpochData,
+    EpochStart,
+    OneShotPlugin,
+    SearchSettings,
+    Stepper,
+)
 from nasrun.train.runtime import cross_entropy
-
-if TYPE_CHECKING:
-    from nasrun.search.oneshot.plugin import EpochStart, SearchSettings
-    from nasrun.search.oneshot.steppers import EpochData
-
-HESSIAN_STREAM = 6  # the validation batches of the eigenvalue (streams 0-5 are the steps' and the scores')
 
 KEY = "hessian_eigenvalue"
 

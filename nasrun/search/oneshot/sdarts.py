@@ -24,7 +24,14 @@ from typing import Any
 import torch
 
 from nasrun import UserError
-from nasrun.search.oneshot.plugin import EpochStart, OneShotPlugin, SearchSettings, Stepper
+from nasrun.search.oneshot.plugin import (
+    PERTURBATION_STREAM,
+    EpochStart,
+    OneShotPlugin,
+    SearchSettings,
+    Stepper,
+)
+from nasrun.train.runtime import epoch_generator
 
 Weights = dict[str, torch.Tensor]
 
@@ -65,13 +72,12 @@ class _Perturbation(OneShotPlugin):
         self.epsilon_start = epsilon_start
         self.seed = 0
         self.epsilon = epsilon_start
-        self.generator = torch.Generator()
         self._seed_epoch(0)
 
     def _seed_epoch(self, epoch: int) -> None:
-        # One stream per (run seed, epoch): an epoch's noise is the same whether the run got there
-        # in one go or resumed from the previous epoch's checkpoint.
-        self.generator.manual_seed((self.seed * 1_000_003 + epoch) % (2**63))
+        # The epoch's own stream: its noise is the same whether the run got there in one go or
+        # resumed from the previous epoch's checkpoint.
+        self.generator = epoch_generator(self.seed, epoch, PERTURBATION_STREAM)
 
     def check(self, search: SearchSettings) -> None:
         if search.sampler is not None:
@@ -96,15 +102,9 @@ class _Perturbation(OneShotPlugin):
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def _around(self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> Iterator[None]:
-        delta = self.offsets(stepper, x, y)
-        with stepper.module.perturbed(delta):  # type: ignore[operator]
+    def around_weight_step(self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor) -> Iterator[None]:
+        with stepper.module.perturbed(self.offsets(stepper, x, y)):  # type: ignore[operator]
             yield
-
-    def around_weight_step(
-        self, stepper: Stepper, x: torch.Tensor, y: torch.Tensor
-    ) -> contextlib.AbstractContextManager[None]:
-        return self._around(stepper, x, y)
 
     def end_epoch(self, stepper: Stepper, data: Any, arch_steps: bool) -> dict[str, Any]:
         return {"sdarts_epsilon": self.epsilon}

@@ -23,20 +23,19 @@ import torch
 
 from nasrun import UserError
 from nasrun.search.oneshot.darts import DartsStepper, buffers_restored
-from nasrun.search.oneshot.plugin import EpochData, SearchSettings
+from nasrun.search.oneshot.plugin import (
+    CANDIDATE_STREAM,
+    RESCORE_STREAM,
+    SCORE_STREAM,
+    EpochData,
+    SearchSettings,
+)
 from nasrun.space.base import SampledSpace
 from nasrun.space.genotype import Genotype
 from nasrun.train.trainer import Trainer
 
 if TYPE_CHECKING:
     from nasrun.search.oneshot.network import OneShotNetwork
-
-
-# The random streams of an epoch's end (0 and 1 shuffle the epoch's weight and architecture steps).
-CONTROLLER_STREAM = 2  # ENAS's controller phase: its validation batches
-SCORE_STREAM = 3  # the validation batches that score candidate cells
-CANDIDATE_STREAM = 4  # the draws of the candidate cells
-RESCORE_STREAM = 5  # the pass over the validation split that scores the best candidates again
 
 
 class ArchUpdate(Protocol):

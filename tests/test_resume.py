@@ -199,3 +199,18 @@ def test_retrain_killed_between_checkpoint_and_history_line_resumes_identically(
         "seed=2",
     ]
     _kill_in_the_gap_then_resume(tmp_path, args, "retrain_history.jsonl", "retrain.pt", step=1)
+
+
+def test_drnas_progressive_search_resumes_identically_after_the_widening(tmp_path: Path) -> None:
+    # Stages of 1 and 2 epochs: killed after epoch 2's checkpoint, the resumed run must rebuild
+    # the widened, pruned supernet before loading the checkpoint, then train epoch 3 as the whole run.
+    args = [
+        "experiment=smoke",
+        "search=drnas_progressive",
+        "search.epochs=3",
+        "search.plugins.progressive.stage_epochs=[1,2]",
+        "data.test_portion=0.6",
+        "retrain.enabled=false",
+        "seed=3",
+    ]
+    _kill_in_the_gap_then_resume(tmp_path, args, "history.jsonl", "search.pt", step=2)

@@ -54,6 +54,8 @@ COVERING = [
     ("drnas", "cifar_cell", "digits"),
     ("drnas", "nb201", "digits"),
     ("drnas_kl", "cifar_cell", "digits"),
+    ("drnas_progressive", "cifar_cell", "digits"),
+    ("drnas_progressive", "nb201", "digits"),
     ("sdarts_rs", "cifar_cell", "digits"),
     ("sdarts_rs", "nb201", "digits"),
     ("sdarts_adv", "cifar_cell", "digits"),

@@ -534,14 +534,19 @@ class OneShotSearch:
             state=state,
         )
 
-    def _load(self, stepper: DartsStepper, state: dict[str, Any]) -> None:
-        """The stepper's, the plug-ins' and the random generators' state from a checkpoint."""
-        stepper.load_state_dict(state["stepper"])
+    def _load(self, stepper: DartsStepper, state: dict[str, Any], rng: bool = True) -> None:
+        """The plug-ins', the stepper's and (``rng``) the random generators' state from a checkpoint.
+
+        The plug-ins load first: one that reshapes the supernet as the search goes (DrNAS's widening)
+        gives the freshly built supernet the checkpoint's shapes before its weights load.
+        """
         saved = state.get("plugins", {})
         for name, plugin in self.plugins.items():
             if name in saved:
                 plugin.load_state_dict(saved[name])
-        set_rng_state(state["rng"])
+        stepper.load_state_dict(state["stepper"])
+        if rng:
+            set_rng_state(state["rng"])
 
     def _start_epoch(self, stepper: DartsStepper, network: OneShotNetwork, start: EpochStart) -> None:
         """The epoch's schedules: the stage's skip-connect dropout, the sampler's temperature, the plug-ins'."""
@@ -698,5 +703,5 @@ class OneShotSearch:
             state.get("stage", 0),
             state.get("edge_ops"),
         )
-        stepper.load_state_dict(state["stepper"])
+        self._load(stepper, state, rng=False)
         return stepper.module  # type: ignore[return-value]

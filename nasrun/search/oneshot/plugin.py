@@ -10,7 +10,7 @@ hook                      when the loop calls it                           used 
 ========================  ===============================================  =========================
 ``check``                 once, when the search is built                   every plug-in (settings)
 ``attach``                each stage's stepper is built (before resume)    plug-ins holding state
-``start_epoch``           before an epoch's steps                          schedules (dropout, ε)
+``start_epoch``           before an epoch's steps                          schedules; DrNAS's stages
 ``around_weight_step``    a context around every weight step               SDARTS's perturbations
 ``arch_penalty``          added to the loss of every architecture step     DrNAS's KL term
 ``end_epoch``             after an epoch's steps; values join its record   R-DARTS's eigenvalue
@@ -125,6 +125,7 @@ CANDIDATE_STREAM = 4  # the draws of the candidate cells
 RESCORE_STREAM = 5  # the pass over the validation split that scores the best candidates again
 HESSIAN_STREAM = 6  # R-DARTS: the validation batches of the Hessian's eigenvalue, and its start vector
 PERTURBATION_STREAM = 7  # SDARTS: the noise of the epoch's perturbed weight steps
+WIDEN_STREAM = 8  # DrNAS's progressive search: which channels a widened op copies
 
 
 @dataclass
@@ -217,7 +218,7 @@ class OneShotPlugin:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Back on resume, after ``attach`` and before the stepper's own state loads."""
 
 
 @contextlib.contextmanager

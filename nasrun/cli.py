@@ -182,6 +182,23 @@ def _skip_hydra_group_listing() -> None:
     Hydra.format_config_groups = lambda self, predicate, compact=True: ""  # type: ignore[method-assign]
 
 
+def _shared_folder_missing(args: list[str]) -> str | None:
+    """Why a data-parallel start cannot go on: its processes would each name their own run folder.
+
+    The default folder's name holds the start time, which the processes of a ``torchrun`` job read
+    a moment apart; they must share one folder, named on the command line.
+    """
+    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if processes <= 1 or "trainer.distributed=off" in args or {"-m", "--multirun"} & set(args):
+        return None
+    if any(a.startswith(("hydra.run.dir=", "--help", "-h", "--cfg", "-c")) for a in args):
+        return None
+    return (
+        f"started as one of {processes} processes (torchrun): give hydra.run.dir=PATH, "
+        "the run folder they share (only the first process writes it)"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     from nasrun.bo import prepare_sweeper_args  # light: no torch or BoTorch import
@@ -196,6 +213,10 @@ def main() -> None:
         sys.exit(2)
     if note:
         print(f"nasrun: {note}", file=sys.stderr)  # stderr: `--cfg job` prints YAML on stdout
+    shared = _shared_folder_missing(sys.argv[1:])
+    if shared:
+        print(f"nasrun: error: {shared}", file=sys.stderr)
+        sys.exit(2)
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         _skip_hydra_group_listing()
     if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -26,6 +26,7 @@ from nasrun.report.results import count_flops, count_params, print_summary
 from nasrun.run_folder import PhaseClock, write_json_atomic
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.space.genotype import Genotype, GenotypeError
+from nasrun.train.distributed import SINGLE
 from nasrun.train.threads import apply_threads, hydra_launcher, launcher_jobs, resolve_threads
 
 # torch and NumPy take 64-bit seeds, and the per-epoch generators derive seeds from the run's
@@ -102,6 +103,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     # -- build and validate everything first ---------------------------------------------------
     space = build(cfg, "space")
     trainer = build(cfg, "trainer") if cfg.get("trainer") is not None else None
+    world = trainer.world if trainer is not None else SINGLE
+    if not world.main:
+        console.quiet = True  # the first process prints and writes for all
     given = _given_genotype(cfg)
     if task == "retrain":
         if given is None:
@@ -118,6 +122,12 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     strategy = build(cfg, "search", space=space, seed=cfg.seed) if task == "nas" else None
     if task == "nas" and strategy is None:
         raise UserError("task=nas needs a search strategy (search=darts, search=random_search, ...)")
+    if strategy is not None and world.active:
+        raise UserError(
+            f"trainer.distributed=auto: {world.size} processes retrain data-parallel, but a search runs "
+            "in one process: search alone (no torchrun), then retrain its genotype.json with "
+            "task=retrain genotype_path=... under torchrun"
+        )
     evaluator = build(cfg, "evaluator") if cfg.get("evaluator") is not None else None
     retrain = cfg.get("retrain") is not None and cfg.retrain.enabled
     if retrain and cfg.get("data") is None:
@@ -168,9 +178,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     else:
         assert given is not None
         genotype = given
-    genotype.save(run_dir / "genotype.json")
     result["genotype"] = space.describe(genotype)
-    _draw(genotype, run_dir)
+    if world.main:
+        genotype.save(run_dir / "genotype.json")
+        _draw(genotype, run_dir)
 
     # -- retrain --------------------------------------------------------------------------------
     if retrain:
@@ -200,7 +211,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             shorten_hint=_shorten_retrain_hint(cfg, net_cfg),
             sinks=report,
         )
-        timings["retrain_s"] = clock.stop()
+        timings["retrain_s"] = clock.stop() if world.main else clock.elapsed()
         result.update(
             {
                 # None without a validation split: the retrained network was never validated.
@@ -216,7 +227,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         result["val_acc"] = result.get("search_val_acc")
         result["test_acc"] = result.get("search_test_acc")
     result["wall_s"] = timings
-    write_json_atomic(run_dir / "result.json", result)
+    if world.main:
+        write_json_atomic(run_dir / "result.json", result)
     print_summary(result)
     console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
     return numeric_results(result)

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from nasrun import UserError
 from nasrun.data.base import TensorSplit, batches
+from nasrun.train.distributed import SINGLE, World
 from nasrun.train.threads import parse_threads
 
 
@@ -122,6 +124,7 @@ class Runtime:
         self.eval_batch_size = eval_batch_size
         parse_threads(threads)  # UserError naming trainer.threads
         self.threads = threads
+        self.world: World = SINGLE  # one process (``Trainer`` sets its own from trainer.distributed)
         # Running loss sums; Apple's MPS backend has no float64.
         self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
@@ -134,7 +137,17 @@ class Runtime:
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
+        if self.world.active:  # gradients averaged over the processes in every backward pass
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return torch.compile(model) if self.compile else model  # type: ignore[return-value]
+
+    def synced(self, module: nn.Module) -> nn.Module:
+        """``module`` with rank 0's buffers (BatchNorm statistics) on every rank; itself when alone."""
+        if self.world.active:
+            for buf in module.buffers():
+                dist.broadcast(buf, src=0)
+        return module
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp == "bf16":
@@ -155,7 +168,13 @@ class Runtime:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, split: TensorSplit) -> tuple[float, float]:
-        """Mean cross-entropy and accuracy (%) of ``model`` on ``split``, in eval mode."""
+        """Mean cross-entropy and accuracy (%) of ``model`` on ``split``, in eval mode.
+
+        Data-parallel, each rank evaluates its share of ``split`` and the sums are added up.
+        """
+        if self.world.active:
+            part = self.world.shard(len(split))
+            split = split.subset(torch.arange(part.start, part.stop))
         was_training = model.training
         model.eval()
         loss_sum = torch.zeros((), dtype=self._sum_dtype, device=self.device)
@@ -168,4 +187,9 @@ class Runtime:
             correct += (logits.argmax(1) == y).sum()
             n += int(y.numel())
         model.train(was_training)
+        if self.world.active:
+            sums = self.world.all_sum(
+                torch.stack([loss_sum.double(), correct.double(), loss_sum.new_tensor(n).double()])
+            )
+            loss_sum, correct, n = sums[0], sums[1], int(sums[2])
         return float(loss_sum) / max(n, 1), 100.0 * int(correct) / max(n, 1)

@@ -29,6 +29,7 @@ from nasrun.run_folder import (
     rng_state,
     set_rng_state,
 )
+from nasrun.train.distributed import detect, join
 from nasrun.train.duration import DurationCheck
 from nasrun.train.runtime import NonFiniteLossError, Runtime, cross_entropy, epoch_generator
 
@@ -48,6 +49,10 @@ class Trainer(Runtime):
         grad_clip: clip the gradient norm to this (0 = off).
         tensorboard: also write each epoch's metrics as TensorBoard scalars under
             ``run_dir/tensorboard/`` (needs the ``tensorboard`` package: ``pip install nasrun[tensorboard]``).
+        distributed: ``auto``: data-parallel when started as several processes (torchrun, a
+            SLURM job of several tasks; ``nasrun.train.distributed``); ``off``: one process.
+        batch_per_device: data-parallel: each process's batch, the global batch being this times
+            the processes; ``None``: the global batch is ``batch_size``, split over the processes.
     """
 
     def __init__(
@@ -67,8 +72,16 @@ class Trainer(Runtime):
         eval_batch_size: int = 256,  # evaluation only; no effect on results
         threads: int | str = "auto",  # CPU threads: auto = cores / the launcher's parallel jobs, or N
         tensorboard: bool = False,  # also write TensorBoard scalars (pip install nasrun[tensorboard])
+        distributed: str = "auto",  # data-parallel when started by torchrun or as SLURM tasks; off: never
+        batch_per_device: int | None = None,  # data-parallel: per-process batch; None: batch_size split
     ):
         super().__init__(device, amp, channels_last, compile, eval_batch_size, threads)
+        self.world = detect(distributed)
+        if self.world.active and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", self.world.local_rank)  # one GPU per process
+        if batch_per_device is not None and batch_per_device <= 0:
+            raise UserError(f"trainer.batch_per_device={batch_per_device}: must be > 0 (or null)")
+        self.batch_per_device = batch_per_device
         for key, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value <= 0:
                 raise UserError(f"trainer.{key}={value}: must be > 0")
@@ -87,6 +100,13 @@ class Trainer(Runtime):
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.tensorboard = tensorboard
+
+    @property
+    def global_batch_size(self) -> int:
+        """The batch of one SGD step over all processes."""
+        if self.batch_per_device is not None:
+            return self.batch_per_device * self.world.size
+        return self.batch_size
 
     def scalar_log(self, run_dir: Path, phase: str, step_key: str = "epoch") -> ScalarLog | None:
         """TensorBoard scalars for a phase's history records, if ``tensorboard`` is on."""
@@ -177,6 +197,9 @@ class Trainer(Runtime):
             NonFiniteLossError: the loss became NaN/inf (the previous epoch's checkpoint stays).
         """
         n_epochs = epochs or self.epochs
+        world = self.world
+        join(world, self.device)
+        quiet = quiet or not world.main
         module = model
         model = self.prepare(module)
         opt = torch.optim.SGD(
@@ -189,7 +212,7 @@ class Trainer(Runtime):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n_epochs, eta_min=self.lr_min)
         ckpt = run_dir / "checkpoints" / f"{phase}.pt" if run_dir is not None else None
         start, records, wall = 0, [], 0.0
-        if resume and ckpt is not None and ckpt.is_file():
+        if resume and ckpt is not None and ckpt.is_file():  # every rank reads rank 0's checkpoint
             state = load_checkpoint(ckpt)
             module.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -198,11 +221,11 @@ class Trainer(Runtime):
             start, records, wall = state["epoch"], state["history"], state["wall_s"]
         log = (
             HistoryLog(run_dir / f"{phase}_history.jsonl", records, [self.scalar_log(run_dir, phase), *sinks])
-            if run_dir is not None
+            if run_dir is not None and world.main  # one writer: rank 0
             else None
         )
         augment = data.augment(cutout)
-        batch_size = clamp_batch_size(self.batch_size, len(data.train), "trainer.batch_size")
+        batch_size = clamp_batch_size(self.global_batch_size, len(data.train), "trainer.batch_size")
         console = get_console()
         metrics: dict[str, Any] = dict(records[-1]) if records else {}
         bar = (
@@ -234,12 +257,21 @@ class Trainer(Runtime):
                 n = 0
                 gen = epoch_generator(seed, epoch)
                 for x, y in self.batches(data.train, batch_size, gen, augment):
+                    if world.active:  # this rank's share of the global batch
+                        if len(y) < world.size:
+                            continue  # a last batch too small to give every rank an image
+                        part = world.shard(len(y))
+                        x, y = x[part], y[part]
                     loss, logits = self.train_step(model, module, opt, x, y, aux_weight)
                     if check is not None:
                         check.step()
                     loss_sum += loss.to(self._sum_dtype) * y.numel()
                     correct_sum += (logits.argmax(1) == y).sum()
                     n += int(y.numel())
+                if world.active:
+                    sums = world.all_sum(torch.stack([loss_sum.double(), correct_sum.double()]))
+                    loss_sum, correct_sum = sums[0], sums[1]
+                    n = int(world.all_sum(torch.tensor(n, device=self.device)))
                 train_loss, correct = float(loss_sum), int(correct_sum)
                 if not math.isfinite(train_loss):
                     # Checked once per epoch; the epoch's checkpoint is not written, so the last
@@ -255,9 +287,12 @@ class Trainer(Runtime):
                     "train_loss": train_loss / n,
                     "train_acc": 100.0 * correct / n,
                 }
+                # Data-parallel: every rank evaluates its share of the split with rank 0's weights
+                # and BatchNorm statistics (the unwrapped module: no collective per forward pass).
+                evaluated = self.synced(module) if world.active else model
                 if data.val is not None:
-                    metrics["val_loss"], metrics["val_acc"] = self.evaluate(model, data.val)
-                metrics["test_loss"], metrics["test_acc"] = self.evaluate(model, data.test)
+                    metrics["val_loss"], metrics["val_acc"] = self.evaluate(evaluated, data.val)
+                metrics["test_loss"], metrics["test_acc"] = self.evaluate(evaluated, data.test)
                 metrics["wall_s"] = wall
                 if log is not None and ckpt is not None:
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from nasrun import UserError
+from nasrun import StoppedWithFirstProcess, UserError
 from nasrun.config import config_dir, register_configs
 from nasrun.config.run_guard import holds_checkpoints, undo_refused_run
 from nasrun.config.space_choice import space_from_genotype
@@ -154,19 +155,87 @@ def task(cfg: DictConfig) -> dict[str, float]:
     from nasrun import pipeline  # imported here so that `nasrun --help` stays fast
 
     hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    rank = _data_parallel_rank()
+    if rank is not None:  # the launcher stops the other processes with SIGTERM when one fails
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
     try:
-        return pipeline.run(cfg, Path(hc.runtime.output_dir))
+        results = pipeline.run(cfg, run_dir)
+        if "torch.distributed" in sys.modules:  # a data-parallel run joined a process group: leave it
+            from nasrun.train.distributed import leave
+
+            leave()
+        return results
+    except StoppedWithFirstProcess:
+        return {}  # another process of this run reports its end
     except KeyboardInterrupt:
         if hc.mode == RunMode.MULTIRUN:
             raise
-        print(f"nasrun: {_interrupted(Path(hc.runtime.output_dir))}", file=sys.stderr)
+        print(f"nasrun: {_interrupted(run_dir)}", file=sys.stderr)
         sys.exit(130)
+    except _PeerStopped:
+        if rank == 0:
+            print(f"nasrun: error: {_peer_failed(run_dir)}", file=sys.stderr)
+        sys.exit(1)
     except Exception as e:
+        if rank is not None and _collective_failed(e):
+            if rank == 0:
+                print(f"nasrun: error: {_peer_failed(run_dir)}", file=sys.stderr)
+            sys.exit(1)
         if _user_error(e) is None or hc.mode == RunMode.MULTIRUN:
             raise
         undo_refused_run(Path(hc.runtime.output_dir))  # refused before any work: no trace of it
         print(f"nasrun: error: {_message(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+class _PeerStopped(Exception):
+    """The launcher (torchrun) stopped this process because another process of the job ended."""
+
+
+def _stopped_by_launcher(signum: int, frame: object) -> None:
+    raise _PeerStopped
+
+
+def _data_parallel_rank() -> int | None:
+    """This process's rank when it is one of several started by torchrun, else ``None``."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return None
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _collective_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` says that a collective call lost another process (it died or hung)."""
+    import torch.distributed as dist
+
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(
+        s in text for s in ("gloo", "NCCL", "Connection reset by peer", "Connection closed by peer")
+    )
+
+
+def _peer_failed(run_dir: Path) -> str:
+    """The one line the first process prints when another process of a data-parallel job failed."""
+    if not holds_checkpoints(run_dir):
+        return "another process of this data-parallel job failed (its own output says why); no checkpoint yet"
+    kept = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+    command = shlex.join(
+        [
+            "torchrun",
+            "--nproc-per-node",
+            os.environ.get("LOCAL_WORLD_SIZE", "N"),
+            "-m",
+            "nasrun",
+            *kept,
+            "resume=true",
+        ]
+    )
+    return (
+        f"another process of this data-parallel job failed (its own output says why); {run_dir} keeps "
+        f"the last checkpoint. Resume with: {command}"
+    )
 
 
 def _skip_hydra_group_listing() -> None:

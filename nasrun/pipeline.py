@@ -123,11 +123,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     if task == "nas" and strategy is None:
         raise UserError("task=nas needs a search strategy (search=darts, search=random_search, ...)")
     if strategy is not None and world.active:
-        raise UserError(
-            f"trainer.distributed=auto: {world.size} processes retrain data-parallel, but a search runs "
-            "in one process: search alone (no torchrun), then retrain its genotype.json with "
-            "task=retrain genotype_path=... under torchrun"
-        )
+        refusal = getattr(
+            strategy, "data_parallel_refusal", lambda: "a black-box search runs in one process"
+        )()
+        if refusal is not None:
+            raise UserError(
+                f"trainer.distributed=auto: {refusal}; search without torchrun, then retrain its "
+                "genotype.json data-parallel (task=retrain genotype_path=...)"
+            )
     evaluator = build(cfg, "evaluator") if cfg.get("evaluator") is not None else None
     retrain = cfg.get("retrain") is not None and cfg.retrain.enabled
     if retrain and cfg.get("data") is None:
@@ -166,6 +169,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         assert ctx.data is not None  # load now: a missing data set stops the run before the search
 
     result: dict[str, Any] = {"task": task, "seed": cfg.seed, "space": space.name}
+    if world.active:
+        result["processes"] = world.size  # data-parallel over this many processes
     timings: dict[str, float] = {}
 
     # -- search ---------------------------------------------------------------------------------

@@ -124,6 +124,8 @@ class HistoryLog:
         sinks: also receive every added record, in order, after it is in the file (TensorBoard
             scalars; a sweep's trial store, whose pruner may stop the run by raising from
             ``append``); ``None`` entries are skipped, so optional sinks can be listed as they are.
+        write: false: keep the records in memory only, with no file, checkpoint or sink (the other
+            processes of a data-parallel run, whose first process writes).
     """
 
     def __init__(
@@ -131,11 +133,14 @@ class HistoryLog:
         path: Path,
         records: list[dict[str, Any]] | None = None,
         sinks: Iterable[RecordSink | None] = (),
+        write: bool = True,
     ) -> None:
         self.path = path
-        self.sinks = [s for s in sinks if s is not None]
+        self.write = write
+        self.sinks = [s for s in sinks if s is not None] if write else []
         self.records: list[dict[str, Any]] = list(records or [])
-        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
+        if write:
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one step's record, in memory and as a line of the file, then give it to the sinks."""
@@ -162,12 +167,15 @@ class HistoryLog:
                 cost nothing to redo.
         """
         history = [*self.records, *records]
-        save_checkpoint(checkpoint, {**state, "history": history}, durable=durable)
-        _pause_after_checkpoint(self.path, len(self.records), len(history))
+        if self.write:
+            save_checkpoint(checkpoint, {**state, "history": history}, durable=durable)
+            _pause_after_checkpoint(self.path, len(self.records), len(history))
         self._add(records)
 
     def _add(self, records: Sequence[dict[str, Any]]) -> None:
         self.records.extend(records)
+        if not self.write:
+            return
         with self.path.open("a") as f:
             f.write("".join(json.dumps(r) + "\n" for r in records))
         for record in records:

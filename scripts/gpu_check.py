@@ -7,7 +7,10 @@ Run first whenever a GPU is available (``scripts/gpu_check.sh``; under 8 minutes
 2. ``scripts/bench_search.py`` at the DARTS search size (16 channels, 8 cells, batch 64, 32x32) and
    ``scripts/bench_train.py`` at the DARTS retraining size (36 channels, 20 cells, batch 96), each in
    fp32, bf16, bf16 + channels_last and bf16 + channels_last + compile;
-3. PC-DARTS's search step at its batch of 256.
+3. PC-DARTS's search step at its batch of 256;
+4. with two GPUs or more, data-parallel retraining on two of them against one
+   (``scripts/bench_ddp.py``, DistributedDataParallel under torchrun, same global batch); with one
+   GPU the summary says it was skipped.
 
 The last line printed is the summary: the device's name, the tests' outcome and, per run, images
 per second and peak memory (or the error). ``--smoke`` runs tiny sizes on any device and skips the
@@ -69,6 +72,9 @@ def _runs(device: str, smoke: bool) -> list[tuple[str, list[str]]]:
     out.append(
         ("pc_darts_search_bf16_channels_last", ["scripts/bench_search.py", *pc, *common, *VARIANTS[2][1]])
     )
+    if not smoke:  # needs two GPUs; main() skips it with a line on fewer
+        ddp = ["--nproc", "2", "--device", "cuda", "--channels", "36", "--layers", "20", "--batch-size", "96"]
+        out.append(("ddp_2gpu_retrain", ["scripts/bench_ddp.py", *ddp, "--steps", "10"]))
     return out
 
 
@@ -127,12 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return _dry_run(_runs(args.device, args.smoke))
     summary: dict = {"device": args.device}
+    gpus = 0
     try:
         import torch
 
         if args.device.startswith("cuda") and torch.cuda.is_available():
             summary["device_name"] = torch.cuda.get_device_name(0)
             summary["torch"] = torch.__version__
+            gpus = torch.cuda.device_count()
     except ImportError:
         pass
     if not args.smoke:
@@ -147,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make test-gpu: {tail[0]}", flush=True)
     results: dict = {}
     for name, cmd in _runs(args.device, args.smoke):
+        if name.startswith("ddp_") and gpus < 2:
+            results[name] = {"skipped": f"{gpus} GPU(s) here; the data-parallel step needs two"}
+            print(f"{name}: skipped ({gpus} GPU(s) here; it needs two)", flush=True)
+            continue
         try:
             done = subprocess.run([PY, *cmd], cwd=ROOT, capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
@@ -166,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             "peak_memory_kind",
             "channels_last",
             "amp",
+            "one_sec_per_step",
+            "many_sec_per_step",
+            "many_images_per_sec",
+            "speedup",
         )
         results[name] = {k: row[k] for k in keep if k in row}
         print(f"{name}: {results[name]}", flush=True)

@@ -25,6 +25,9 @@ def test_the_check_covers_the_papers_sizes_and_every_variant() -> None:
     assert train[train.index("--batch-size") + 1] == "96"
     pc = runs["pc_darts_search_bf16_channels_last"]
     assert pc[pc.index("--search") + 1] == "pc_darts" and pc[pc.index("--batch-size") + 1] == "256"
+    ddp = runs["ddp_2gpu_retrain"]  # run only where two GPUs are; skipped with a line elsewhere
+    assert ddp[0] == "scripts/bench_ddp.py" and ddp[ddp.index("--nproc") + 1] == "2"
+    assert ddp[ddp.index("--channels") + 1] == "36" and ddp[ddp.index("--batch-size") + 1] == "96"
 
 
 @pytest.mark.slow  # five benchmark processes: about 40 s

@@ -101,6 +101,8 @@ class _DilatedDepthwise(torch.autograd.Function):
             grad_x = grad_x.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
         if ctx.needs_input_grad[1]:
             grad_w = _weight_grad(x, grad, weight.shape, stride, padding, dilation)
+            if grad_w.stride() != weight.stride():  # the weight's own layout, as DDP's buckets expect
+                grad_w = torch.empty_like(weight).copy_(grad_w)
         return grad_x, grad_w, None, None, None
 
 

@@ -1,8 +1,16 @@
 """Data-parallel training over several processes with ``torch.distributed``.
 
 A run is data-parallel when ``trainer.distributed=auto`` (the default) and it was started as one of
-several processes by ``torchrun --nproc-per-node N`` (on one machine or several), which sets
-``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Each process (a *rank*) trains the same network
+several processes:
+
+- by ``torchrun --nproc-per-node N`` (on one machine or several), which sets ``RANK``,
+  ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+- as one of the tasks of a submitit job (``hydra/launcher=slurm_gpu`` with
+  ``hydra.launcher.tasks_per_node=N``, or ``submitit_local``): submitit's job environment gives the
+  ranks, and ``submitit.helpers.TorchDistributedEnvironment`` the first node's address and a port
+  drawn from the job id (the same in every task).
+
+Each process (a *rank*) trains the same network
 on its share of every batch; ``DistributedDataParallel`` averages the gradients, so every rank
 takes the same step. Started alone, or with ``trainer.distributed=off``, a run is one process.
 
@@ -15,9 +23,11 @@ batch equal to one process's.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -37,11 +47,13 @@ class World:
         rank: this process, from 0 (rank 0 writes the run folder).
         size: the number of processes.
         local_rank: this process among those on its machine (its GPU index).
+        launcher: what started the processes: ``torchrun`` or ``submitit``.
     """
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    launcher: str = "torchrun"
 
     @property
     def active(self) -> bool:
@@ -58,6 +70,34 @@ class World:
         q, r = divmod(n, self.size)
         start = self.rank * q + min(self.rank, r)
         return slice(start, start + q + (1 if self.rank < r else 0))
+
+    def average(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor averaged over the ranks, in one all-reduce; the tensors themselves when alone.
+
+        For gradients that ``DistributedDataParallel`` cannot average: those taken with
+        ``torch.autograd.grad`` and the several passes of one DARTS step (its reducer hooks one
+        ``backward()`` after each forward pass).
+        """
+        if not self.active or not tensors:
+            return list(tensors)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.size
+        return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
+
+    def average_grads(self, params: Sequence[torch.Tensor]) -> None:
+        """Average the ``.grad`` of ``params`` over the ranks, in place (those without one are skipped)."""
+        if not self.active:
+            return
+        have = [p for p in params if p.grad is not None]
+        for p, g in zip(have, self.average([p.grad for p in have])):  # type: ignore[misc]
+            p.grad.copy_(g)  # type: ignore[union-attr]
+
+    def any_rank(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any rank (``device``: where the backend reduces, a GPU for NCCL)."""
+        if not self.active:
+            return flag
+        return bool(self.all_sum(torch.tensor([float(flag)], device=device)) > 0)
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the ranks (itself when alone)."""
@@ -80,6 +120,11 @@ def detect(mode: str, env: Mapping[str, str] | None = None) -> World:
     try:
         if "WORLD_SIZE" in env and "RANK" in env:  # torchrun (or any launcher that sets them)
             world = World(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+        elif "SUBMITIT_EXECUTOR" in env:  # a task of a submitit job (SLURM, or submitit_local)
+            job = _submitit_job()
+            if job is None or job.num_tasks <= 1:
+                return SINGLE
+            world = World(job.global_rank, job.num_tasks, job.local_rank, launcher="submitit")
         else:
             return SINGLE
     except ValueError as e:
@@ -93,6 +138,12 @@ def join(world: World, device: torch.device) -> None:
     """Join the run's process group (once per process): NCCL between GPUs, Gloo on the CPU."""
     if not world.active or dist.is_initialized():
         return
+    if world.launcher == "submitit":
+        from submitit.helpers import TorchDistributedEnvironment
+
+        where = TorchDistributedEnvironment()  # the job's first node, a port from the job id
+        os.environ.setdefault("MASTER_ADDR", where.master_addr)
+        os.environ.setdefault("MASTER_PORT", str(where.master_port))
     missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise UserError(
@@ -103,7 +154,21 @@ def join(world: World, device: torch.device) -> None:
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
 
 
+def _submitit_job() -> Any:
+    """submitit's description of the running job (its tasks and this one's rank), if submitit is installed."""
+    try:
+        import submitit
+    except ImportError:
+        return None
+    return submitit.JobEnvironment()
+
+
 def leave() -> None:
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one.
+
+    Wrappers that still hold the group (a ``DistributedDataParallel`` kept alive by a reference
+    cycle, an exception's frames) are collected first: destroyed after the group, they abort.
+    """
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()

@@ -128,16 +128,17 @@ class Runtime:
         # Running loss sums; Apple's MPS backend has no float64.
         self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
-    def prepare(self, model: nn.Module) -> nn.Module:
+    def prepare(self, model: nn.Module, ddp: bool = True) -> nn.Module:
         """Move ``model`` to the device (and memory format); returns the module to call.
 
         With ``compile`` the returned module is the compiled wrapper; it shares its parameters with
-        ``model``, so save and load ``model``'s state dict.
+        ``model``, so save and load ``model``'s state dict. Data-parallel, the module is wrapped in
+        ``DistributedDataParallel`` unless ``ddp`` is false (the caller averages the gradients).
         """
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        if self.world.active:  # gradients averaged over the processes in every backward pass
+        if self.world.active and ddp:  # gradients averaged over the processes in every backward pass
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         return torch.compile(model) if self.compile else model  # type: ignore[return-value]

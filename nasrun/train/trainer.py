@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from nasrun import UserError
+from nasrun import StoppedWithFirstProcess, UserError
 from nasrun.data.base import DataModule, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
 from nasrun.report.tensorboard import ScalarLog, require_tensorboard
@@ -294,21 +294,31 @@ class Trainer(Runtime):
                     metrics["val_loss"], metrics["val_acc"] = self.evaluate(evaluated, data.val)
                 metrics["test_loss"], metrics["test_acc"] = self.evaluate(evaluated, data.test)
                 metrics["wall_s"] = wall
+                stop: Exception | None = None
                 if log is not None and ckpt is not None:
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
                     # between leaves no line that the checkpoint lacks.
-                    log.commit(
-                        [metrics],
-                        ckpt,
-                        {
-                            "model": module.state_dict(),
-                            "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(),
-                            "rng": rng_state(),
-                            "epoch": epoch + 1,
-                            "wall_s": wall,
-                        },
-                    )
+                    try:
+                        log.commit(
+                            [metrics],
+                            ckpt,
+                            {
+                                "model": module.state_dict(),
+                                "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(),
+                                "rng": rng_state(),
+                                "epoch": epoch + 1,
+                                "wall_s": wall,
+                            },
+                        )
+                    except Exception as e:  # a sweep's pruner stopping the trial, a failed write
+                        stop = e
+                # Data-parallel, the first process alone writes and reports: when that stops it (a
+                # pruned trial), the others end here too instead of waiting for it.
+                if world.any_rank(stop is not None, self.device):
+                    if stop is not None:
+                        raise stop
+                    raise StoppedWithFirstProcess
                 if not quiet:
                     val = f" val_acc {metrics['val_acc']:.2f}" if "val_acc" in metrics else ""
                     console.print(

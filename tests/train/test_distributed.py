@@ -79,22 +79,17 @@ def test_a_torchrun_retraining_writes_one_run_folder_from_the_first_process(tmp_
     assert [r["epoch"] for r in lines] == [1, 2]  # one writer: no line twice
     result = json.loads((run / "result.json").read_text())
     assert result["epochs"] == 2 and result["test_acc"] == lines[-1]["test_acc"]
+    assert result["processes"] == 2
     assert done.stdout.count("retrain epoch 2/2") == 1  # one process prints
 
 
-def test_a_torchrun_start_needs_a_shared_folder_and_no_search(tmp_path: Path) -> None:
+def test_a_torchrun_start_needs_a_shared_folder(tmp_path: Path) -> None:
     no_dir = _run(
         [*TORCHRUN, "-m", "nasrun", "task=retrain", "genotype=darts_v2", "experiment=smoke"], tmp_path
     )
     assert no_dir.returncode != 0
     assert "started as one of 2 processes (torchrun): give hydra.run.dir=PATH" in no_dir.stderr
-    search = _run(
-        [*TORCHRUN, "-m", "nasrun", "experiment=smoke", "data=digits", f"hydra.run.dir={tmp_path / 's'}"],
-        tmp_path,
-    )
-    assert search.returncode != 0
-    assert "2 processes retrain data-parallel, but a search runs in one process" in search.stderr
-    assert not (tmp_path / "s" / "checkpoints").exists()
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_torchrun_job_killed_whole_resumes_where_an_uninterrupted_one_ends(tmp_path: Path) -> None:
@@ -126,3 +121,84 @@ def test_a_torchrun_job_killed_whole_resumes_where_an_uninterrupted_one_ends(tmp
         return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
 
     assert lines(killed) == lines(whole)
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The process of ``rank`` among the launcher's children (read from their environment)."""
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env:
+            return int(child)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks' processes in /proc")
+def test_one_rank_killed_ends_the_job_with_one_line_and_a_resumable_folder(tmp_path: Path) -> None:
+    args = ["task=retrain", "genotype=darts_v2", "experiment=smoke", "data=digits", "trainer.epochs=8"]
+    run = tmp_path / "run"
+    cmd = [*TORCHRUN, "-m", "nasrun", *args, f"hydra.run.dir={run}"]
+    env = _cli_env({"PYTHONPATH": str(ROOT)})
+    job = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    history, deadline = run / "retrain_history.jsonl", time.monotonic() + 240
+    while not (history.is_file() and len(history.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, (
+            "the job ended before a rank could be killed"
+        )
+        time.sleep(0.05)
+    second = _rank_pid(job.pid, 1)
+    assert second is not None
+    os.kill(second, signal.SIGKILL)
+    _, err = job.communicate(timeout=120)
+    assert job.returncode != 0
+    ours = [line for line in err.splitlines() if line.startswith("nasrun: error:")]
+    assert len(ours) == 1, err
+    assert "another process of this data-parallel job failed" in ours[0] and "resume=true" in ours[0]
+    kept = len(history.read_text().splitlines())
+    resumed = _run([*cmd, "resume=true"], tmp_path)  # the folder is intact: it resumes
+    assert resumed.returncode == 0, resumed.stderr
+    assert len(history.read_text().splitlines()) == 8 >= kept
+
+
+def test_a_submitit_job_of_two_tasks_retrains_data_parallel(tmp_path: Path) -> None:
+    """hydra/launcher=submitit_local with two tasks per node: the launcher the SLURM preset uses, on
+    this machine; submitit's job environment gives the ranks, the first process writes."""
+    sweep = tmp_path / "sweep"
+    args = ["task=retrain", "genotype=darts_v2", "experiment=smoke", "data=digits", "trainer.epochs=2"]
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2"]
+    done = _run(
+        [sys.executable, "-m", "nasrun", "-m", *launcher, *args, f"hydra.sweep.dir={sweep}"], tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads((sweep / "0" / "result.json").read_text())
+    assert result["processes"] == 2
+    assert len((sweep / "0" / "retrain_history.jsonl").read_text().splitlines()) == 2
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))
+    assert [log.read_text().count("retrain epoch 2/2") for log in logs] == [1, 0]  # task 0 prints
+
+
+def test_the_data_parallel_benchmark_times_one_process_and_two(tmp_path: Path) -> None:
+    script = str(ROOT / "scripts" / "bench_ddp.py")
+    tiny = ["--channels", "4", "--layers", "3", "--batch-size", "8", "--image-size", "8"]
+    done = _run([sys.executable, script, "--nproc", "2", *tiny, "--steps", "1", "--repeats", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (row["one_processes"], row["many_processes"]) == (1, 2)
+    assert row["one_sec_per_step"] > 0 and row["many_sec_per_step"] > 0 and row["speedup"] > 0
+
+
+def test_when_the_first_process_is_pruned_the_others_end_with_it(tmp_path: Path) -> None:
+    """Only the first process reports to a sweep's pruner; when it stops the trial after an epoch,
+    the other process leaves at the same epoch's end instead of waiting for it at the next step."""
+    out = tmp_path / "out.json"
+    t0 = time.monotonic()
+    done = _run([*TORCHRUN, str(ROOT / "tests" / "train" / "ddp_fit.py"), str(out), "prune"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - t0 < 120  # no wait for the collective's timeout
+    assert Path(f"{out}.rank0").read_text() == "pruned"
+    assert Path(f"{out}.rank1").read_text() == "stopped with the first process"
+    assert len((tmp_path / "run" / "retrain_history.jsonl").read_text().splitlines()) == 1

@@ -37,8 +37,9 @@ def buffers_restored(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            torch._foreach_copy_(buffers, saved)
+        if buffers:  # a supernet without BatchNorm has none
+            with torch.no_grad():
+                torch._foreach_copy_(buffers, saved)
 
 
 def weight_schedule(
@@ -120,7 +121,12 @@ class DartsStepper:
         self.module = supernet
         self.unrolled_eps = unrolled_eps
         self.trainer = trainer
-        self.model = trainer.prepare(supernet)
+        # Data-parallel (several processes), every gradient of a step is averaged over the
+        # processes where it is taken (``World.average``), so that weights and alphas stay the same
+        # on every process; DistributedDataParallel's reducer cannot follow DARTS's
+        # ``autograd.grad`` calls and several passes per step, so the supernet is not wrapped.
+        self.world = trainer.world
+        self.model = trainer.prepare(supernet, ddp=False)
         self.order = order
         self.momentum = momentum
         self.weight_decay = weight_decay
@@ -189,7 +195,7 @@ class DartsStepper:
         if self.order == 1:
             loss_v, _ = self.loss(x_val, y_val)
             # Only the alphas' gradients: autograd then skips every weight-gradient kernel.
-            grads: Sequence[torch.Tensor] = torch.autograd.grad(loss_v, self.alphas)
+            grads: Sequence[torch.Tensor] = self.world.average(torch.autograd.grad(loss_v, self.alphas))
         else:
             grads = self.unrolled_arch_grad(x_train, y_train, x_val, y_val)
         penalty = self.arch_penalty()
@@ -228,6 +234,7 @@ class DartsStepper:
         finally:
             for a in self.alphas:
                 a.requires_grad_(True)
+        self.world.average_grads(self.weights)
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.w_opt.step()
@@ -269,7 +276,7 @@ class DartsStepper:
         xi = self.w_opt.param_groups[0]["lr"]
         w = [p.detach() for p in self.weights]
         loss_t = self._functional_loss(self.weights, x_train, y_train)
-        g_train = torch.autograd.grad(loss_t, self.weights)
+        g_train = self.world.average(torch.autograd.grad(loss_t, self.weights))
         # The SGD step the optimiser would take, over all weights at once (multi-tensor ops, the
         # same arithmetic term by term as per-tensor code, so the same rounding).
         steps: list[torch.Tensor] = list(
@@ -282,7 +289,7 @@ class DartsStepper:
             steps = [st if b is None else st + self.momentum * b for st, b in zip(steps, bufs)]
         unrolled = [u.requires_grad_(True) for u in torch._foreach_sub(w, torch._foreach_mul(steps, xi))]
         loss_v = self._functional_loss(unrolled, x_val, y_val)
-        grads = torch.autograd.grad(loss_v, [*self.alphas, *unrolled])
+        grads = self.world.average(torch.autograd.grad(loss_v, [*self.alphas, *unrolled]))
         d_alpha, d_w = grads[: len(self.alphas)], list(grads[len(self.alphas) :])
         eps = self.unrolled_eps / torch.cat([g.flatten() for g in d_w]).norm()
         shift = torch._foreach_mul(d_w, eps)
@@ -290,6 +297,8 @@ class DartsStepper:
         g_plus = torch.autograd.grad(self._functional_loss(w_plus, x_train, y_train), self.alphas)
         w_minus = torch._foreach_sub(w, shift)
         g_minus = torch.autograd.grad(self._functional_loss(w_minus, x_train, y_train), self.alphas)
+        both = self.world.average([*g_plus, *g_minus])  # one all-reduce for the two
+        g_plus, g_minus = tuple(both[: len(g_plus)]), tuple(both[len(g_plus) :])
         return [da - xi * (gp - gm) / (2 * eps) for da, gp, gm in zip(d_alpha, g_plus, g_minus)]
 
     def state_dict(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from nasrun import UserError
+from nasrun import StoppedWithFirstProcess, UserError
 from nasrun.config.build import chosen
 from nasrun.data.base import DataModule, TensorSplit, clamp_batch_size
 from nasrun.report.console import get_console, progress_bar
@@ -47,6 +47,7 @@ from nasrun.search.oneshot.samplers import ArchSampler
 from nasrun.search.oneshot.steppers import ArchUpdate, EpochHooks
 from nasrun.space.base import EdgeFactory, OneShotSpace, SearchSpace
 from nasrun.space.genotype import Genotype
+from nasrun.train.distributed import join
 from nasrun.train.runtime import epoch_generator
 from nasrun.train.trainer import Trainer
 
@@ -371,6 +372,20 @@ class OneShotSearch:
             plugin.attach(stepper)
         return stepper
 
+    def data_parallel_refusal(self) -> str | None:
+        """Why this search cannot run data-parallel (several processes), or ``None`` if it can.
+
+        The DARTS steps (first and second order, every architecture distribution) and the
+        single-level update average their gradients over the processes; the cell-sampling updates
+        (ENAS, RSPS) and plug-ins that attack each process's share of a batch do not yet.
+        """
+        if self.update is not None and not getattr(self.update, "data_parallel", False):
+            return f"search.update={type(self.update).__name__} runs in one process"
+        for name, plugin in self.plugins.items():
+            if not plugin.data_parallel:
+                return f"search.plugins.{name}={type(plugin).__name__} runs in one process"
+        return None
+
     @property
     def single_level(self) -> bool:
         """Whether one loss on the same batches trains weights and architecture (SNAS)."""
@@ -398,12 +413,24 @@ class OneShotSearch:
         """The loop's skeleton: stages of epochs; each epoch starts, steps, ends, is recorded, may stop."""
         if ctx.data is None or ctx.trainer is None:
             raise UserError("a one-shot search needs data and a trainer")
+        world = ctx.trainer.world
+        if world.active:
+            refusal = self.data_parallel_refusal()
+            if refusal is not None:
+                raise UserError(f"trainer.distributed=auto: {refusal}; start it without torchrun")
+            join(world, ctx.trainer.device)
         plan = self._epoch_plan(ctx)
+        if world.active and plan.score_derived:
+            raise UserError(
+                "trainer.distributed=auto: scoring each epoch's cell (search.evaluate_derived) runs in "
+                "one process; set search.evaluate_derived=false or start it without torchrun"
+            )
         at = self._resume_point(ctx)
         log = HistoryLog(
             ctx.run_dir / "history.jsonl",
             at.records,
             [ctx.trainer.scalar_log(ctx.run_dir, "search"), *ctx.sinks],
+            write=world.main,  # data-parallel: the first process writes for all
         )
         stopped = self._stop_reason(log.records)
         done = sum(st.epochs for st in self.stages[: at.stage]) + at.stage_epoch
@@ -446,20 +473,30 @@ class OneShotSearch:
                         record["stopped"] = stopped
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
                     # between leaves no line that the checkpoint lacks.
-                    log.commit(
-                        [record],
-                        plan.checkpoint,
-                        {
-                            "stepper": stepper.state_dict(),
-                            "plugins": {n: p.state_dict() for n, p in self.plugins.items()},
-                            "rng": rng_state(),
-                            "stage": stage,
-                            "stage_epoch": epoch + 1,
-                            "edge_ops": network.edge_ops,
-                            "epoch": done,
-                            "wall_s": wall,
-                        },
-                    )
+                    failed: Exception | None = None
+                    try:
+                        log.commit(
+                            [record],
+                            plan.checkpoint,
+                            {
+                                "stepper": stepper.state_dict(),
+                                "plugins": {n: p.state_dict() for n, p in self.plugins.items()},
+                                "rng": rng_state(),
+                                "stage": stage,
+                                "stage_epoch": epoch + 1,
+                                "edge_ops": network.edge_ops,
+                                "epoch": done,
+                                "wall_s": wall,
+                            },
+                        )
+                    except Exception as e:  # a sweep's pruner stopping the trial, a failed write
+                        failed = e
+                    # Data-parallel, only the first process writes and reports: when that stops it,
+                    # the others stop with it instead of waiting at the next step.
+                    if world.any_rank(failed is not None, ctx.trainer.device):
+                        if failed is not None:
+                            raise failed
+                        raise StoppedWithFirstProcess
                     self._print_epoch(record, plan, start, time.perf_counter() - t0)
                     if stopped is not None:
                         get_console().print(f"search stopped after epoch {done}: {stopped}")
@@ -570,13 +607,29 @@ class OneShotSearch:
             pairs: Iterator[tuple[Any, Any]] = zip(train_it, val_it)
         else:
             pairs = ((b, (None, None)) for b in itertools.islice(train_it, plan.steps))
-        for (xt, yt), (xv, yv) in pairs:
+        world = plan.trainer.world
+        for i, ((xt, yt), (xv, yv)) in enumerate(pairs):
+            if world.active:  # this process's share of the global batches
+                if len(yt) < world.size or (yv is not None and len(yv) < world.size):
+                    continue  # a last batch too small to give every process an image
+                xt, yt = xt[world.shard(len(yt))], yt[world.shard(len(yt))]
+                if xv is not None and yv is not None:
+                    xv, yv = xv[world.shard(len(yv))], yv[world.shard(len(yv))]
+                # The step's random draws (samplers, dropout) the same on every process, whatever
+                # the size of its share.
+                torch.manual_seed(self.seed * 1_000_003 + start.epoch * 10_007 + i)
             loss, c = stepper.step(xt, yt, xv, yv, arch_step=start.arch_steps)
             loss_sum += loss * yt.numel()
             correct += c
             n += int(yt.numel())
             advance(1, f"epoch {start.epoch + 1} loss {loss_sum / n:.3f}")
         stepper.sched.step()
+        if world.active:
+            sums = torch.tensor(
+                [loss_sum, float(correct), float(n)], dtype=torch.float64, device=plan.trainer.device
+            )
+            total = world.all_sum(sums)
+            loss_sum, correct, n = float(total[0]), int(total[1]), int(total[2])
         return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
     def _end_epoch(
@@ -611,6 +664,8 @@ class OneShotSearch:
             derived = stepper.derive(epoch_data)  # the network then runs the derived cell
         for plugin in self.plugins.values():
             extra.update(plugin.end_epoch(stepper, epoch_data, start.arch_steps))
+        # Data-parallel: rank 0's BatchNorm statistics everywhere, then each process scores its share.
+        plan.trainer.synced(stepper.module)
         eval_loss, eval_acc = plan.trainer.evaluate(stepper.model, plan.eval_split)
         val = plan.eval_name == "val"
         record: dict[str, Any] = {

@@ -177,7 +177,14 @@ class EpochData:
 
 
 class OneShotPlugin:
-    """A method's additions to the one-shot loop; every hook is a no-op until overridden."""
+    """A method's additions to the one-shot loop; every hook is a no-op until overridden.
+
+    ``data_parallel``: whether the plug-in keeps a data-parallel search (several processes, each on
+    its share of every batch) the same on every process and equal to one process's; false for one
+    whose hooks compute on the process's own share (an attack on the batch, say).
+    """
+
+    data_parallel: bool = True
 
     def check(self, search: SearchSettings) -> None:
         """Raise ``nasrun.UserError`` naming the key if the search's space or settings do not fit."""

@@ -158,6 +158,8 @@ class AdversarialPGD(_Perturbation):
         random_start: start from a uniform point of the ball instead of its centre.
     """
 
+    data_parallel = False  # each process would attack its own share of the batch
+
     def __init__(
         self, epsilon: float = 0.3, epsilon_start: float = 0.03, steps: int = 7, random_start: bool = True
     ):

@@ -238,6 +238,7 @@ class SingleLevelStepper(DartsStepper):
         self.w_opt.zero_grad(set_to_none=True)
         self.a_opt.zero_grad(set_to_none=True)
         total.backward()
+        self.world.average_grads([*self.weights, *self.alphas])  # data-parallel: the same step everywhere
         if self.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         if self.arch_grad_clip > 0:
@@ -258,6 +259,7 @@ class SingleLevel:
 
     #: Weights and architecture train on the same batches: the search uses every training image.
     single_level = True
+    data_parallel = True  # its step averages the weights' and alphas' gradients over the processes
 
     def __init__(
         self,

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
-"""Time data-parallel retraining steps: N processes under torchrun against one, same global batch.
+"""Time data-parallel steps: N processes under torchrun against one, same global batch.
 
-Runs the timing worker alone, then under ``torchrun --standalone --nproc-per-node N``, each on the
-network of a genotype from ``conf/genotype/`` and synthetic batches of ``--batch-size`` images (the
-global batch, split over the processes as ``Trainer.fit`` splits it). Prints one JSON line: per
+Runs the timing worker alone, then under ``torchrun --standalone --nproc-per-node N``, each on
+synthetic batches of ``--batch-size`` images (the global batch, split over the processes as
+``Trainer.fit`` and the one-shot engine split it): retraining steps of the network of a genotype
+from ``conf/genotype/``, or with ``--search NAME`` the search steps of a one-shot ``conf/search/``
+option (architecture step on a second batch, then weight step). Prints one JSON line: per
 run, the median seconds per global step over ``--repeats`` windows of ``--steps`` steps and images
 per second; and the speed-up of N processes over one. On the CPU the machine's threads are shared
 out: one process gets ``--threads``, each of N processes ``--threads / N``. For performance work,
@@ -23,12 +25,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
 
 def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--genotype", default="darts_v2")
+    p.add_argument(
+        "--search", default=None, help="time a one-shot search's steps instead (a conf/search/ option)"
+    )
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=64, help="the global batch")
@@ -56,27 +62,39 @@ def worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(max(1, args.threads // world.size))
     join(world, trainer.device)
     torch.manual_seed(0)
-    space = CifarCellSpace(layers=args.layers, channels=args.channels)
-    module = space.build_network(
-        named_genotype(args.genotype), num_classes=10, in_channels=3, auxiliary=False
-    )
-    model = trainer.prepare(module)
-    model.train()
-    opt = torch.optim.SGD(module.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)
-    y = torch.randint(0, 10, (args.batch_size,), generator=gen)
     part = world.shard(args.batch_size)
-    x, y = x[part].to(trainer.device), y[part].to(trainer.device)
-    if trainer.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, generator=gen)[part]
+        y = torch.randint(0, 10, (args.batch_size,), generator=gen)[part]
+        x, y = x.to(trainer.device), y.to(trainer.device)
+        return (x.contiguous(memory_format=torch.channels_last) if trainer.channels_last else x), y
+
+    (x, y), (xv, yv) = batch(), batch()
+    if args.search is None:
+        space = CifarCellSpace(layers=args.layers, channels=args.channels)
+        genotype = named_genotype(args.genotype)
+        module = space.build_network(genotype, num_classes=10, in_channels=3, auxiliary=False)
+        model = trainer.prepare(module)
+        model.train()
+        opt = torch.optim.SGD(module.parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+
+        def step() -> None:
+            trainer.train_step(model, module, opt, x, y)
+    else:
+        stepper = _stepper(args, trainer)
+
+        def step() -> None:
+            stepper.step(x, y, xv, yv)
+
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
 
     def window(steps: int) -> float:
         sync()
         t0 = time.perf_counter()
         for _ in range(steps):
-            trainer.train_step(model, module, opt, x, y)
+            step()
         sync()
         seconds = time.perf_counter() - t0
         if world.active:  # the processes wait for each other every step: their times agree
@@ -90,6 +108,23 @@ def worker(args: argparse.Namespace) -> None:
     leave()
 
 
+def _stepper(args: argparse.Namespace, trainer: Any) -> Any:
+    """The one-shot search step of ``conf/search/<args.search>.yaml`` on a supernet of the asked size."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from nasrun.config import config_dir, register_configs
+
+    register_configs()
+    overrides = [f"search={args.search}", f"space.channels={args.channels}", f"space.layers={args.layers}"]
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir())):
+        cfg = compose("config", overrides=overrides)
+    search = instantiate(cfg.search)(space=instantiate(cfg.space), seed=0)
+    stepper = search.make_stepper(10, 3, trainer)
+    stepper.model.train()
+    return stepper
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     _options(p)
@@ -101,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     keys = (
         "genotype",
+        "search",
         "channels",
         "layers",
         "batch_size",
@@ -111,7 +147,12 @@ def main(argv: list[str] | None = None) -> None:
         "device",
         "threads",
     )
-    passed = [item for k in keys for item in (f"--{k.replace('_', '-')}", str(getattr(args, k)))]
+    passed = [
+        item
+        for k in keys
+        if getattr(args, k) is not None
+        for item in (f"--{k.replace('_', '-')}", str(getattr(args, k)))
+    ]
     worker_cmd = [str(HERE / "bench_ddp.py"), "--worker", *passed]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
     rows = {}
@@ -121,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"bench_ddp: the {name} run failed: {done.stderr.strip().splitlines()[-1:]}")
         rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
     out = {
-        "genotype": args.genotype,
+        "phase": f"search {args.search}" if args.search else "retrain",
+        "genotype": None if args.search else args.genotype,
         "channels": args.channels,
         "layers": args.layers,
         "global_batch": args.batch_size,

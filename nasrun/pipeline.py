@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
 
 from nasrun import UserError
 from nasrun.bo.reporting import current_reporter
@@ -20,13 +21,13 @@ from nasrun.config import config_dir, register_configs
 from nasrun.config.build import build
 from nasrun.config.run_guard import refuse_overwrite
 from nasrun.config.sweeps import task_epochs
+from nasrun.console import get_console
 from nasrun.data.base import DataModule
-from nasrun.report.console import get_console
-from nasrun.report.results import count_flops, count_params, print_summary
 from nasrun.run_folder import PhaseClock, write_json_atomic
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.space.genotype import Genotype, GenotypeError
 from nasrun.train.distributed import SINGLE
+from nasrun.train.measure import count_flops, count_params
 from nasrun.train.threads import apply_threads, hydra_launcher, launcher_jobs, resolve_threads
 
 # torch and NumPy take 64-bit seeds, and the per-epoch generators derive seeds from the run's
@@ -248,6 +249,38 @@ def numeric_results(result: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _summary_value(value: Any) -> str:
+    """A value as the summary table shows it."""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, int) and value >= 10_000:
+        return f"{value:,}"
+    return str(value)
+
+
+def print_summary(result: dict[str, Any]) -> None:
+    """A rich table of the run's result: genotype, size, accuracies, wall time per phase."""
+    table = Table(title="nasrun result", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value", overflow="fold")
+    for key in (
+        "task",
+        "space",
+        "genotype",
+        "params",
+        "flops",
+        "n_evaluations",
+        "search_val_acc",
+        "val_acc",
+        "test_acc",
+    ):
+        if result.get(key) is not None:
+            table.add_row(key, _summary_value(result[key]))
+    for phase, seconds in result.get("wall_s", {}).items():
+        table.add_row(f"wall time {phase.removesuffix('_s')}", f"{seconds:.1f} s")
+    get_console().print(table)
+
+
 def _shorten_retrain_hint(cfg: DictConfig, net_cfg: dict[str, Any]) -> str:
     """The overrides that make a retraining short, for the warning about a long one."""
     sizes = " ".join(
@@ -262,7 +295,7 @@ def _shorten_retrain_hint(cfg: DictConfig, net_cfg: dict[str, Any]) -> str:
 def _draw(genotype: Genotype, run_dir: Path) -> None:
     """The cells as ``cells.png`` and ``cells.dot``; a plotting failure never costs the run its results."""
     try:
-        from nasrun.report.cell_diagram import plot_cells
+        from nasrun.plots.cell_diagram import plot_cells
 
         plot_cells(genotype, run_dir / "cells.png")
     except Exception as e:  # noqa: BLE001 - drawing is a convenience, results matter more

@@ -4,7 +4,9 @@ Kept in scripts/ (imported as `_bench_args`, the scripts' folder being first on 
 parsing is the scripts' business, not the library's.
 
 Device, memory format, precision, compile, CPU threads and the depthwise backward: added to a
-script's parser by ``add_runtime_args`` and turned into a ``Trainer`` by ``trainer_from_args``.
+script's parser by ``add_runtime_args`` and turned into a ``Trainer`` by ``trainer_from_args``;
+the depthwise backward is a setting of the model's modules, applied by ``apply_depthwise_arg``
+to the model a script builds.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from __future__ import annotations
 import argparse
 
 import torch
+from torch import nn
 
-from nasrun.space import depthwise
+from nasrun.space.depthwise import use_rewritten_backward
 from nasrun.train.trainer import Trainer
 
 
@@ -45,8 +48,17 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def trainer_from_args(args: argparse.Namespace) -> Trainer:
-    """Set the threads and the depthwise backward as asked; the ``Trainer`` of the other options."""
+    """Set the threads as asked; the ``Trainer`` of the device, memory format, precision and compile."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    depthwise.REWRITTEN_BACKWARD = not args.native_depthwise
     return Trainer(device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
+
+
+def apply_depthwise_arg(args: argparse.Namespace, model: nn.Module) -> bool:
+    """Give ``model``'s depthwise convolutions the backward ``--native-depthwise`` asks for.
+
+    Returns whether the rewritten backward is on (what the scripts record).
+    """
+    rewritten = not args.native_depthwise
+    use_rewritten_backward(model, rewritten)
+    return rewritten

@@ -21,8 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nasrun.config import config_dir
+from nasrun.console import get_console
 from nasrun.evaluator.tabular import TabularEvaluator
-from nasrun.report.console import get_console
 from nasrun.search.base import SearchContext
 from nasrun.space.nb201 import NB201Space
 

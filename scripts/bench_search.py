@@ -26,7 +26,7 @@ import sys
 import time
 
 import torch
-from _bench_args import add_runtime_args, trainer_from_args
+from _bench_args import add_runtime_args, apply_depthwise_arg, trainer_from_args
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -35,7 +35,6 @@ from nasrun.config.build import build
 from nasrun.data.synthetic import synthetic
 from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.search.oneshot.plugin import EpochData
-from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.nb201 import NB201Space
 
@@ -89,6 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides.append(f"search.order={args.order}")
     search = build(_compose(overrides), "search", space=space, seed=0)
     stepper = search.make_stepper(num_classes=10, in_channels=3, trainer=trainer)
+    rewritten = apply_depthwise_arg(args, stepper.module)
     if args.edge_by_edge:
         for m in stepper.module.modules():
             if hasattr(m, "fused"):
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
                 "amp": args.amp,
                 "compile": args.compile,
                 "fused": not args.edge_by_edge,
-                "rewritten_depthwise_backward": depthwise.REWRITTEN_BACKWARD,
+                "rewritten_depthwise_backward": rewritten,
                 "steps": args.steps,
                 "sec_per_step": round(sec, 4),
                 "sec_per_step_all": [round(t, 4) for t in times],

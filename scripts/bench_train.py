@@ -21,12 +21,11 @@ import sys
 import time
 
 import torch
-from _bench_args import add_runtime_args, trainer_from_args
+from _bench_args import add_runtime_args, apply_depthwise_arg, trainer_from_args
 
 from nasrun import UserError
 from nasrun.data.synthetic import synthetic
 from nasrun.pipeline import named_genotype
-from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
 
 CIFAR_TRAIN_IMAGES = 50_000
@@ -55,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"bench_train: {e}") from None
     module = space.build_network(genotype, num_classes=10, in_channels=3, auxiliary=not args.no_auxiliary)
     module.drop_path_prob = 0.2  # type: ignore[assignment]  # DARTS retraining's value
+    rewritten = apply_depthwise_arg(args, module)
     model = trainer.prepare(module)
     model.train()
     opt = torch.optim.SGD(module.parameters(), lr=trainer.lr, momentum=trainer.momentum, weight_decay=3e-4)
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 "channels_last": trainer.channels_last,
                 "amp": args.amp,
                 "compile": args.compile,
-                "rewritten_depthwise_backward": depthwise.REWRITTEN_BACKWARD,
+                "rewritten_depthwise_backward": rewritten,
                 "params": sum(p.numel() for p in module.parameters()),
                 "warmup_s": round(warmup_s, 2),
                 "sec_per_step": round(sec, 5),

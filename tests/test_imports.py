@@ -19,6 +19,8 @@ from pathlib import Path
 
 PACKAGE = "nasrun"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+#: The ``nasrun-report`` command: it reads run folders with the library; the library never imports it.
+CONSUMER = f"{PACKAGE}.report"
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -36,6 +38,14 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
 
 
+def _from_source(node: ast.ImportFrom, package: str) -> str:
+    """The module a ``from ... import`` statement in ``package`` imports from, relative ones resolved."""
+    if node.level:  # relative: `from . import x`, `from ..a import x`
+        base = package.split(".")[: len(package.split(".")) - node.level + 1]
+        return ".".join([*base, *([node.module] if node.module else [])])
+    return node.module or ""
+
+
 def import_graph() -> dict[str, set[str]]:
     """``module -> the modules of the package it imports``."""
     modules = _modules()
@@ -47,11 +57,7 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
                 continue
-            if node.level:  # relative: `from . import x`, `from ..a import x`
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                source = ".".join([*base, *([node.module] if node.module else [])])
-            else:
-                source = node.module or ""
+            source = _from_source(node, package)
             for alias in node.names:
                 targets.add(f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source)
         inside = {t for t in targets if t == PACKAGE or t.startswith(PACKAGE + ".")}
@@ -129,3 +135,46 @@ def test_no_import_cycles_in_the_package() -> None:
         for component in found
     )
     assert not found, f"import cycles in {PACKAGE}: {report}"
+
+
+def consumer_imports(tree: ast.AST, package: str) -> list[str]:
+    """The names under ``CONSUMER`` that the import statements of ``tree`` (a file of ``package``)
+    name: ``import nasrun.report.cli``, ``from nasrun.report.cli import main``, ``from nasrun import
+    report`` and relative forms alike."""
+    names: set[str] = set()
+    for node in _imports(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        else:
+            source = _from_source(node, package)
+            names.add(source)
+            names.update(f"{source}.{alias.name}" for alias in node.names)
+    return sorted(n for n in names if n == CONSUMER or n.startswith(CONSUMER + "."))
+
+
+def test_consumer_imports_finds_every_form() -> None:
+    def found(code: str, package: str = "nasrun.search") -> list[str]:
+        return consumer_imports(ast.parse(code), package)
+
+    assert found("import nasrun.report.cli") == ["nasrun.report.cli"]
+    assert found("from nasrun import report") == ["nasrun.report"]
+    assert found("from ..report.folders import Run") == ["nasrun.report.folders", "nasrun.report.folders.Run"]
+    assert found("def f():\n    from nasrun.report import cli") == ["nasrun.report", "nasrun.report.cli"]
+    assert found("if TYPE_CHECKING:\n    from nasrun.report.cli import main") != []
+    assert found("from nasrun.bo.reporting import current_reporter\nimport nasrun.reports") == []
+
+
+def test_nothing_outside_the_report_command_imports_it() -> None:
+    """``nasrun.report`` (the ``nasrun-report`` command) consumes the library; the library, its
+    Hydra plug-in included, writes its output through modules of its own."""
+    repo = ROOT.parent
+    files = [p for p in sorted(ROOT.rglob("*.py")) if not p.is_relative_to(ROOT / "report")]
+    files += sorted((repo / "hydra_plugins").rglob("*.py"))
+    assert len(files) > 50 and ROOT / "pipeline.py" in files  # so that the test cannot pass on no files
+    offending = {}
+    for path in files:
+        package = ".".join(path.relative_to(repo).parts[:-1])
+        names = consumer_imports(ast.parse(path.read_text(), filename=str(path)), package)
+        if names:
+            offending[str(path.relative_to(repo))] = names
+    assert not offending, f"{CONSUMER} is imported outside {CONSUMER}: {offending}"

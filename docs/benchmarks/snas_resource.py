@@ -5,7 +5,7 @@ every edge's strongest op derived, ``none`` included) on the bundled digits at t
 size (5 cells of 8 channels, 16x16 images), for ``--epochs`` epochs with the temperature annealed
 over them, once per penalty weight (``--lambdas``; 0 is no penalty, 1.5e-3 nasrun's default, the
 reference README's) and seed. The derived cell is then built as the demo retrains it (8 cells of 16
-channels) and its parameters and FLOPs counted (``nasrun.report.results``; FLOPs as torch counts
+channels) and its parameters and FLOPs counted (``nasrun.train.measure``; FLOPs as torch counts
 them, 2 per multiply-add). Prints one line per run and the mean per weight; ``--out`` writes the
 runs as JSON lines. The command behind docs/benchmarks/snas.md:
 
@@ -25,12 +25,12 @@ import torch
 from rich.console import Console
 
 from nasrun.data.digits import digits
-from nasrun.report.results import count_flops, count_params
 from nasrun.search.base import SearchContext
 from nasrun.search.oneshot.engine import OneShotSearch
 from nasrun.search.oneshot.samplers import GumbelSoftmax
 from nasrun.search.oneshot.snas import SingleLevel
 from nasrun.space.cifar_cell import CifarCellSpace, node_counts
+from nasrun.train.measure import count_flops, count_params
 from nasrun.train.trainer import Trainer
 
 

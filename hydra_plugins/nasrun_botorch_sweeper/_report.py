@@ -19,8 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from nasrun.bo import Direction, ParamSpace, Trial, TrialState
-from nasrun.report.console import get_console
-from nasrun.report.plots import plot_trials
+from nasrun.console import get_console
+from nasrun.plots.history import plot_trials
 from nasrun.run_folder import write_text_atomic
 
 #: Width of ``trials.txt``: a file has no terminal to fit, so the table keeps its natural width.

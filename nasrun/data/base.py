@@ -14,7 +14,7 @@ import torch
 from rich.markup import escape
 
 from nasrun import UserError
-from nasrun.report.console import get_console
+from nasrun.console import get_console
 
 
 @dataclass

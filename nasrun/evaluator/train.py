@@ -27,8 +27,8 @@ import torch
 
 from nasrun import UserError
 from nasrun.evaluator.base import EvalContext, Evaluation
-from nasrun.report.results import count_params
 from nasrun.space.genotype import Genotype
+from nasrun.train.measure import count_params
 from nasrun.train.threads import apply_threads, resolve_threads
 
 if TYPE_CHECKING:

@@ -1,1 +1,2 @@
-"""Reporting: rich console output, result files, plots, cell diagrams and the ``nasrun-report`` command."""
+"""The ``nasrun-report`` command: tables and figures of finished (or running) run folders, multiruns
+and sweeps. A consumer of the library: nothing else in nasrun imports it."""

@@ -23,7 +23,7 @@ from typing import Any
 from rich.table import Table
 
 from nasrun import UserError
-from nasrun.report.console import get_console
+from nasrun.console import get_console
 from nasrun.report.folders import DONE, Folder, Run, read_folders
 
 PROG = "nasrun-report"
@@ -234,14 +234,14 @@ def write_figures(folder: Folder, out: Path) -> list[Path]:
 
 def _sweep_figure(sweep: Folder, png: Path) -> list[Path]:
     """The convergence of a sweep over its trials."""
-    from nasrun.report.plots import plot_trials
+    from nasrun.plots.history import plot_trials
 
     return [plot_trials(sweep.trials, png, sweep.direction)]
 
 
 def run_figures(run: Run, out: Path) -> list[Path]:
     """The figures of one run's history, written into ``out``; returns the files written."""
-    from nasrun.report.plots import arch_weight_records, plot_arch_weights, plot_convergence
+    from nasrun.plots.history import arch_weight_records, plot_arch_weights, plot_convergence
 
     history = run.history
     alphas = [r["alphas"] for r in history if isinstance(r.get("alphas"), dict)]

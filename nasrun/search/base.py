@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nasrun import UserError
+from nasrun.console import get_console, progress_bar
 from nasrun.evaluator.base import ParallelEvaluator
-from nasrun.report.console import get_console, progress_bar
 from nasrun.run_folder import HistoryLog, RecordSink, load_checkpoint
 from nasrun.space.base import SearchSpace
 from nasrun.space.genotype import Genotype
@@ -231,7 +231,7 @@ class BlackBoxStrategy(ABC):
 def _plot(records: list[dict[str, Any]], path: Path) -> None:
     """``convergence.png``: each evaluation's score and the best so far; never costs the results."""
     try:
-        from nasrun.report.plots import plot_convergence
+        from nasrun.plots.history import plot_convergence
 
         plot_convergence(
             [r["val_acc"] for r in records], path, title="search", ylabel="validation accuracy (%)"

@@ -27,11 +27,10 @@ class SearchCell(nn.Module):
         reduction_prev: whether the previous cell did (the first input is then reduced too).
         edge_ops: the candidate ops of each edge, in edge order.
         make_edge: builds one edge.
+        fused: compute the edges that read one state together (their class's fused path, if
+            any); false: edge by edge (the same mathematics; for comparisons). Kept as the
+            attribute ``fused``, which may be changed later.
     """
-
-    #: Compute the edges that read one state together (their class's fused path, if any); false:
-    #: edge by edge (the same mathematics; for comparisons).
-    fused: bool = True
 
     def __init__(
         self,
@@ -43,8 +42,10 @@ class SearchCell(nn.Module):
         reduction_prev: bool,
         edge_ops: Sequence[Sequence[str]],
         make_edge: EdgeFactory,
+        fused: bool = True,
     ):
         super().__init__()
+        self.fused = fused
         self.reduction = reduction
         self.nodes = nodes
         self.preprocess0 = (

@@ -18,6 +18,11 @@ The same mathematics as ``torch.nn.functional.conv2d``'s own backward, in a diff
 summation (float rounding differs). It is used only where it was measured faster: on the CPU, for
 dilated filters, without autocast and outside ``torch.compile`` (which generates its own kernels).
 Everything else calls ``conv2d`` unchanged.
+
+The rewrite is on by default and can be turned off per call (``rewritten_backward=False``) or per
+module (``DepthwiseConv2d.rewritten_backward``; ``use_rewritten_backward`` sets it on a whole
+network), for comparisons and for reproducing runs recorded before it existed (float sums in
+another order).
 """
 
 from __future__ import annotations
@@ -31,16 +36,22 @@ from torch.autograd.function import once_differentiable
 
 Pair = tuple[int, int]
 
-#: Set to False to run PyTorch's own depthwise backward everywhere (for comparisons and for
-#: reproducing runs recorded before this path existed: float sums in another order).
-REWRITTEN_BACKWARD = True
-
 
 def depthwise_conv2d(
-    x: torch.Tensor, weight: torch.Tensor, stride: Pair, padding: Pair, dilation: Pair
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: Pair,
+    padding: Pair,
+    dilation: Pair,
+    *,
+    rewritten_backward: bool = True,
 ) -> torch.Tensor:
-    """``conv2d(x, weight, groups=channels)`` for ``x`` ``[B, C, H, W]``, ``weight`` ``[C, 1, kh, kw]``."""
-    if _use_rewritten_backward(x, weight, padding, dilation):
+    """``conv2d(x, weight, groups=channels)`` for ``x`` ``[B, C, H, W]``, ``weight`` ``[C, 1, kh, kw]``.
+
+    ``rewritten_backward``: whether the rewritten backward may be used (where it was measured
+    faster); false: PyTorch's own backward always.
+    """
+    if rewritten_backward and _use_rewritten_backward(x, weight, padding, dilation):
         return _DilatedDepthwise.apply(x, weight, stride, padding, dilation)
     return F.conv2d(x, weight, None, stride, padding, dilation, groups=x.shape[1])
 
@@ -49,22 +60,46 @@ class DepthwiseConv2d(nn.Conv2d):
     """A bias-free depthwise ``nn.Conv2d`` (groups = channels) that runs through ``depthwise_conv2d``.
 
     Same parameters and state-dict keys as the plain module, so checkpoints are interchangeable.
+    ``rewritten_backward`` (an attribute, not state) is passed on to ``depthwise_conv2d``.
     """
 
-    def __init__(self, channels: int, kernel_size: int, stride: int, padding: int, dilation: int = 1):
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        dilation: int = 1,
+        rewritten_backward: bool = True,
+    ):
         super().__init__(
             channels, channels, kernel_size, stride, padding, dilation=dilation, groups=channels, bias=False
         )
+        self.rewritten_backward = rewritten_backward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return depthwise_conv2d(x, self.weight, self.stride, self.padding, self.dilation)  # type: ignore[arg-type]
+        return depthwise_conv2d(
+            x,
+            self.weight,
+            self.stride,  # type: ignore[arg-type]
+            self.padding,  # type: ignore[arg-type]
+            self.dilation,  # type: ignore[arg-type]
+            rewritten_backward=self.rewritten_backward,
+        )
+
+
+def use_rewritten_backward(model: nn.Module, enabled: bool) -> int:
+    """Set ``rewritten_backward`` on every ``DepthwiseConv2d`` in ``model``; returns how many there are."""
+    convs = [m for m in model.modules() if isinstance(m, DepthwiseConv2d)]
+    for conv in convs:
+        conv.rewritten_backward = enabled
+    return len(convs)
 
 
 def _use_rewritten_backward(x: torch.Tensor, weight: torch.Tensor, padding: Pair, dilation: Pair) -> bool:
     kh, kw = weight.shape[-2:]
     return (
-        REWRITTEN_BACKWARD
-        and x.device.type == "cpu"
+        x.device.type == "cpu"
         and max(dilation) > 1
         and torch.is_grad_enabled()
         and (x.requires_grad or weight.requires_grad)

@@ -46,11 +46,10 @@ class NB201SearchCell(nn.Module):
         edges: per edge, ``(node, input)``, node by node (the space's topology).
         edge_ops: the candidate ops of each edge, in edge order.
         make_edge: builds one edge.
+        fused: compute the edges that read one state together (their class's fused path, if
+            any); false: edge by edge (the same mathematics; for comparisons). Kept as the
+            attribute ``fused``, which may be changed later.
     """
-
-    #: Compute the edges that read one state together (their class's fused path, if any); false:
-    #: edge by edge (the same mathematics; for comparisons).
-    fused: bool = True
 
     def __init__(
         self,
@@ -58,8 +57,10 @@ class NB201SearchCell(nn.Module):
         edges: Sequence[tuple[int, int]],
         edge_ops: Sequence[Sequence[str]],
         make_edge: EdgeFactory,
+        fused: bool = True,
     ):
         super().__init__()
+        self.fused = fused
         self.inputs = [j for _, j in edges]
         self.targets = [i for i, _ in edges]
         self.edges = nn.ModuleList(make_edge(C, 1, ops) for ops in edge_ops)

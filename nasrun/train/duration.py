@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from rich.markup import escape
 
-from nasrun.report.console import get_console
+from nasrun.console import get_console
 
 #: Phases expected to take longer than this get a warning with the way to shorten them.
 LONG_S = 30 * 60.0

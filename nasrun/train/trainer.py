@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from nasrun import StoppedWithFirstProcess, UserError
+from nasrun.console import get_console, progress_bar
 from nasrun.data.base import DataModule, clamp_batch_size
-from nasrun.report.console import get_console, progress_bar
-from nasrun.report.tensorboard import ScalarLog, require_tensorboard
 from nasrun.run_folder import (
     HistoryLog,
     RecordSink,
@@ -32,6 +31,7 @@ from nasrun.run_folder import (
 from nasrun.train.distributed import detect, join
 from nasrun.train.duration import DurationCheck
 from nasrun.train.runtime import NonFiniteLossError, Runtime, cross_entropy, epoch_generator
+from nasrun.train.scalar_log import ScalarLog, require_tensorboard
 
 
 class Trainer(Runtime):

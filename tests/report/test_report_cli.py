@@ -20,12 +20,12 @@ import tomllib
 from rich.table import Table
 
 from nasrun.bo.store import TrialState, TrialStore
-from nasrun.report.cell_diagram import cell_dot
+from nasrun.plots.cell_diagram import cell_dot
 from nasrun.report.cli import main, runs_table, seed_table
 from nasrun.report.folders import read_folder, read_folders
 from nasrun.space.genotype import Genotype
 from tests.conftest import REPO, run_cli
-from tests.report.test_cell_diagram import assert_png, parse_dot
+from tests.plots.test_cell_diagram import assert_png, parse_dot
 
 TABULAR = ["space=nb201", "evaluator=tabular", "evaluator.table=nb201_cifar10_12ep"]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -31,9 +32,10 @@ import torch
 from nasrun.data.digits import digits
 from nasrun.search.base import SearchContext
 from nasrun.search.oneshot.engine import OneShotSearch
-from nasrun.space import depthwise
+from nasrun.search.oneshot.network import OneShotNetwork
 from nasrun.space.cifar_cell import CifarCellSpace
 from nasrun.space.cifar_cell_supernet import SearchCell
+from nasrun.space.depthwise import DepthwiseConv2d, use_rewritten_backward
 from nasrun.train.trainer import Trainer
 
 REFERENCE = Path(__file__).with_name("darts_reference.json")
@@ -46,14 +48,32 @@ ALPHA_ATOL = 1e-4  # derived from float reordering under Adam: see the module do
 PATHS = {"recorded": (False, False, False), "default": (True, True, True)}
 
 
-def _run(order: int, run_dir: Path, channels_last: bool) -> dict:
+def _run(order: int, run_dir: Path, path: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    fused, rewritten, channels_last = PATHS[path]
     torch.set_num_threads(1)
     data = digits(image_size=8, val_portion=0.2, test_portion=0.2, split_seed=0)
     space = CifarCellSpace(layers=3, channels=4, nodes=3, ops=OPS)
     search = OneShotSearch(space, seed=5, order=order, epochs=2, batch_size=128, arch_lr=3e-3)
+    built: list[OneShotNetwork] = []
+
+    def build_network(*args: Any, **kwargs: Any) -> OneShotNetwork:
+        """The engine's supernet, checked to be built on the default path, then set to ``path``."""
+        network = OneShotSearch.build_network(search, *args, **kwargs)
+        cells = [m for m in network.modules() if isinstance(m, SearchCell)]
+        convs = [m for m in network.modules() if isinstance(m, DepthwiseConv2d)]
+        assert cells and convs
+        assert all(c.fused for c in cells) and all(c.rewritten_backward for c in convs)  # what users run
+        for cell in cells:
+            cell.fused = fused
+        use_rewritten_backward(network, rewritten)
+        built.append(network)
+        return network
+
+    monkeypatch.setattr(search, "build_network", build_network)
     trainer = Trainer(device="cpu", channels_last=channels_last)
     ctx = SearchContext(space=space, run_dir=run_dir, seed=5, data=data, trainer=trainer)
     result = search.run(ctx)
+    assert built  # the run's supernet took the path
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     return {
         "genotype": result.genotype.to_dict(),
@@ -77,11 +97,7 @@ def _cells(genotype: dict) -> dict:
 def test_darts_run_matches_the_recorded_reference(
     tmp_path: Path, order: int, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fused, rewritten, channels_last = PATHS[path]
-    assert (SearchCell.fused, depthwise.REWRITTEN_BACKWARD) == (True, True)  # what users run
-    monkeypatch.setattr(SearchCell, "fused", fused)
-    monkeypatch.setattr(depthwise, "REWRITTEN_BACKWARD", rewritten)
-    got = _run(order, tmp_path, channels_last)
+    got = _run(order, tmp_path, path, monkeypatch)
     key = f"order{order}" if path == "recorded" else f"{path}_order{order}"
     if os.environ.get("NASRUN_RECORD_REFERENCE") == "1":
         recorded = json.loads(REFERENCE.read_text()) if REFERENCE.is_file() else {}

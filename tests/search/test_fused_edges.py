@@ -153,3 +153,23 @@ def test_drop_path_on_edges_fused_and_edge_by_edge() -> None:
         kept = f.flatten(1).abs().sum(1) > 0
         assert 0 < int(kept.sum()) < 16  # some samples dropped, some kept
         assert torch.allclose(f[kept], 2 * c[kept])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "edge_by_edge"])
+def test_a_cell_is_built_fused_or_edge_by_edge(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The constructor's ``fused`` decides the cell's path; a cell built with the default is fused."""
+    real, calls = DenseEdge.fan_out, [0]
+
+    def counting(*args: object) -> list[torch.Tensor]:
+        calls[0] += 1
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DenseEdge, "fan_out", staticmethod(counting))
+    ops = ["none", "skip_connect", "dil_conv_3x3"]
+    cell = SearchCell(2, 4, 4, 4, False, False, [ops] * 5, DenseEdge, fused=fused)
+    default = SearchCell(2, 4, 4, 4, False, False, [ops] * 5, DenseEdge)
+    assert (cell.fused, default.fused) == (fused, True)
+    x = torch.randn(2, 4, 6, 6)
+    w = torch.softmax(torch.randn(5, len(ops)), dim=-1)
+    cell(x, x, w)
+    assert (calls[0] > 0) == fused, calls

@@ -279,7 +279,7 @@ def test_bad_snas_settings_are_one_line() -> None:
 
 def test_a_cell_with_empty_nodes_is_drawn_node_by_node() -> None:
     from nasrun.pipeline import named_genotype
-    from nasrun.report.cell_diagram import cell_graph
+    from nasrun.plots.cell_diagram import cell_graph
 
     named = named_genotype("snas_aggressive")  # conf/genotype: the published cell, none edges left out
     assert ((named.normal, named.normal_nodes), (named.reduce, named.reduce_nodes)) == (

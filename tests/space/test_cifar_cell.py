@@ -5,8 +5,8 @@ import torch
 
 from nasrun import UserError
 from nasrun.pipeline import named_genotype
-from nasrun.report.results import count_params
 from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.train.measure import count_params
 
 
 @pytest.mark.parametrize("auxiliary, expected", [(False, 3_349_342), (True, 3_825_768)])

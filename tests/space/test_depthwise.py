@@ -13,10 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from nasrun.search.oneshot.edges import DenseEdge
 from nasrun.search.oneshot.engine import OneShotSearch
+from nasrun.search.oneshot.network import OneShotNetwork
 from nasrun.space import depthwise
 from nasrun.space.cifar_cell import CifarCellSpace
-from nasrun.space.depthwise import DepthwiseConv2d, depthwise_conv2d
+from nasrun.space.cifar_cell_supernet import SearchCell
+from nasrun.space.depthwise import DepthwiseConv2d, depthwise_conv2d, use_rewritten_backward
 from nasrun.space.ops import DilConv
 from nasrun.train.trainer import Trainer
 
@@ -92,15 +95,60 @@ def test_the_module_keeps_a_plain_conv2d_state_dict() -> None:
     torch.testing.assert_close(conv(x), plain(x))
 
 
-def test_second_order_arch_gradient_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+def _is_rewritten(out: torch.Tensor) -> bool:
+    """Whether autograd will run the rewritten backward for ``out``."""
+    return type(out.grad_fn).__name__.startswith("_DilatedDepthwise")
+
+
+def test_the_backward_is_chosen_per_call_and_per_module() -> None:
+    x = torch.randn(2, 4, 8, 8, requires_grad=True)
+    w = torch.randn(4, 1, 3, 3, requires_grad=True)
+    assert _is_rewritten(depthwise_conv2d(x, w, (1, 1), (2, 2), (2, 2)))
+    assert not _is_rewritten(depthwise_conv2d(x, w, (1, 1), (2, 2), (2, 2), rewritten_backward=False))
+    a, b = DepthwiseConv2d(4, 3, 1, 2, 2), DepthwiseConv2d(4, 3, 1, 2, 2, rewritten_backward=False)
+    assert (a.rewritten_backward, b.rewritten_backward) == (True, False)
+    assert _is_rewritten(a(x)) and not _is_rewritten(b(x))  # one module's setting leaves the other's
+    net = torch.nn.Sequential(DilConv(4, 4, 3, 1, 2, 2), torch.nn.ReLU(), DilConv(4, 4, 3, 1, 2, 2))
+    assert use_rewritten_backward(net, False) == 2
+    assert not any(_is_rewritten(op[1](x)) for op in (net[0], net[2]))
+    assert use_rewritten_backward(net, True) == 2
+    assert all(_is_rewritten(op[1](x)) for op in (net[0], net[2]))
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "edge_by_edge"])
+def test_a_network_setting_reaches_its_edges(fused: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``use_rewritten_backward`` on a supernet decides the backward of its dilated convolutions, on
+    the fused path (which reads the first edge's module) and edge by edge."""
+    real, calls = depthwise._DilatedDepthwise.apply, [0]
+
+    def counting(*args: object) -> torch.Tensor:
+        calls[0] += 1
+        return real(*args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(depthwise._DilatedDepthwise, "apply", counting)
+    space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "dil_conv_3x3"])
+    net = OneShotNetwork(space, 3, 3, make_edge=DenseEdge)
+    for cell in (m for m in net.modules() if isinstance(m, SearchCell)):
+        cell.fused = fused
+    x = torch.randn(2, 3, 8, 8)
+    counts = {}
+    for rewritten in (False, True):
+        assert use_rewritten_backward(net, rewritten) > 0
+        calls[0] = 0
+        net(x)
+        counts[rewritten] = calls[0]
+    assert counts[False] == 0 and counts[True] > 0, counts
+
+
+def test_second_order_arch_gradient_is_unchanged() -> None:
     """DARTS's unrolled gradient on a supernet with dilated convolutions, float64, both backward passes."""
 
     def arch_grad(rewritten: bool) -> list[torch.Tensor]:
-        monkeypatch.setattr(depthwise, "REWRITTEN_BACKWARD", rewritten)
         torch.manual_seed(0)
         space = CifarCellSpace(layers=3, channels=4, nodes=2, ops=["none", "dil_conv_3x3", "sep_conv_5x5"])
         search = OneShotSearch(space, seed=0, order=2, epochs=1, batch_size=4)
         stepper = search.make_stepper(num_classes=3, in_channels=3, trainer=Trainer(device="cpu"))
+        assert use_rewritten_backward(stepper.module, rewritten) > 0
         stepper.module.double()
         gen = torch.Generator().manual_seed(1)
         xt, xv = (torch.randn(4, 3, 8, 8, dtype=torch.float64, generator=gen) for _ in range(2))

@@ -51,12 +51,27 @@ class _ScaleEdge(nn.Module):
         return sum(w[k] * (k + 1) * x for k in range(self.n))  # type: ignore[return-value]
 
 
-def test_the_cell_wires_every_edge_from_its_input_node_to_its_node() -> None:
+class _FanOutScaleEdge(_ScaleEdge):
+    """``_ScaleEdge`` with a fused path (``fan_out``) that counts the states it served."""
+
+    fan_outs = 0
+
+    @staticmethod
+    def fan_out(edges, x: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+        _FanOutScaleEdge.fan_outs += 1
+        return [e(x, w) for e, w in zip(edges, weights, strict=True)]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "edge_by_edge"])
+def test_the_cell_wires_every_edge_from_its_input_node_to_its_node(
+    fused: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     space = NB201Space(channels=4, cells=1)
     genotype = from_string(
         "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|avg_pool_3x3~0|none~1|skip_connect~2|"
     )
-    cell = NB201SearchCell(4, space.topology().edges, [list(NB201_OPS)] * 6, _ScaleEdge)
+    monkeypatch.setattr(_FanOutScaleEdge, "fan_outs", 0)
+    cell = NB201SearchCell(4, space.topology().edges, [list(NB201_OPS)] * 6, _FanOutScaleEdge, fused=fused)
     W = space.genotype_weights(genotype)["normal"]
     x = torch.randn(2, 4, 3, 3)
     # Factors by op index (none 1, skip 2, conv1 3, conv3 4, pool 5):
@@ -64,6 +79,7 @@ def test_the_cell_wires_every_edge_from_its_input_node_to_its_node() -> None:
     torch.testing.assert_close(cell(x, W), 37 * x)
     scales = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 1.0])  # PC-DARTS-style factors on the edges
     torch.testing.assert_close(cell(x, W, scales), 32 * x)
+    assert _FanOutScaleEdge.fan_outs == (2 * 3 if fused else 0)  # nodes 0-2 read by each call
 
 
 def test_derivation_is_the_argmax_of_every_edge_none_included() -> None:

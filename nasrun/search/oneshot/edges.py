@@ -21,7 +21,7 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.space.cifar_cell import drop_path
-from nasrun.space.depthwise import depthwise_conv2d
+from nasrun.space.depthwise import DepthwiseConv2d, depthwise_conv2d
 from nasrun.space.ops import FactorizedReduce, make_op
 
 
@@ -269,10 +269,17 @@ def _stacked_bn(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
 def _stacked_dilconv(x: torch.Tensor, blocks: Sequence[Sequence[nn.Module]], k: int) -> torch.Tensor:
     """``k`` edges' (depthwise conv, pointwise conv, BN) blocks on ``x`` ``[B, k*C, H, W]`` (edge-major)."""
     dw0 = blocks[0][0]
-    assert isinstance(dw0, nn.Conv2d)
+    assert isinstance(dw0, DepthwiseConv2d)
     dw = torch.cat([b[0].weight for b in blocks])  # type: ignore[misc]  # [k*C, 1, kh, kw]
     pw = torch.cat([b[1].weight for b in blocks])  # type: ignore[misc]  # [k*C_out, C, 1, 1]
-    h = depthwise_conv2d(x, dw, dw0.stride, dw0.padding, dw0.dilation)  # type: ignore[arg-type]
+    h = depthwise_conv2d(
+        x,
+        dw,
+        dw0.stride,  # type: ignore[arg-type]
+        dw0.padding,  # type: ignore[arg-type]
+        dw0.dilation,  # type: ignore[arg-type]
+        rewritten_backward=dw0.rewritten_backward,
+    )
     h = F.conv2d(h, pw, None, 1, 0, 1, groups=k)
     return _stacked_bn(h, [b[2] for b in blocks])  # type: ignore[misc]
 

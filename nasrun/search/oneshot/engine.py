@@ -34,8 +34,8 @@ import torch
 
 from nasrun import StoppedWithFirstProcess, UserError
 from nasrun.config.build import chosen
+from nasrun.console import get_console, progress_bar
 from nasrun.data.base import DataModule, TensorSplit, clamp_batch_size
-from nasrun.report.console import get_console, progress_bar
 from nasrun.run_folder import HistoryLog, load_checkpoint, rng_state, set_rng_state
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.search.oneshot.darts import DartsStepper

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from nasrun.report.results import count_flops
+from nasrun.train.measure import count_flops
 
 
 def test_count_flops_matches_a_hand_count() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from nasrun.bo.store import Trial, TrialState
-from nasrun.report import plots
-from nasrun.report.plots import (
+from nasrun.plots import history
+from nasrun.plots.history import (
     arch_weight_grids,
     arch_weight_records,
     best_so_far,
@@ -114,7 +114,7 @@ def test_plot_trials_passes_scores_and_states_to_the_convergence_plot(
         calls.append({"values": values, "path": path, **kwargs})
         return path
 
-    monkeypatch.setattr(plots, "plot_convergence", fake)
+    monkeypatch.setattr(history, "plot_convergence", fake)
     plot_trials(trials, tmp_path / "c.png", direction="minimize")
     (call,) = calls
     assert call["values"][0] == 3.0 and call["values"][2] == 1.5

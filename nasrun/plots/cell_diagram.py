@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasrun.report.plots import save_png
+from nasrun.plots import save_png
 from nasrun.run_folder import atomic_write, write_text_atomic
 from nasrun.space.genotype import Genotype, edges_by_node
 

@@ -1,10 +1,7 @@
 """PNG figures of search histories: convergence curves and architecture-weight heatmaps.
 
-Cell diagrams live in ``nasrun.report.cell_diagram``. matplotlib is imported inside the functions
-so that ``import nasrun`` stays fast for commands that never draw. Figures are built on
-``matplotlib.figure.Figure`` with the Agg canvas directly, which needs no global backend and so
-cannot disturb a caller that chose one (or a headless worker that has no display). Every PNG is
-written with ``nasrun.run_folder.atomic_write``, so a reader (or a crash) never sees half an image.
+Cell diagrams live in ``nasrun.plots.cell_diagram``; how figures are drawn and written: see
+``nasrun.plots``.
 """
 
 from __future__ import annotations
@@ -14,11 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nasrun.run_folder import atomic_write
+from nasrun.plots import save_png
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
     from nasrun.bo.store import Trial
 
@@ -305,11 +301,6 @@ def plot_arch_weights(
 
 # --------------------------------------------------------------------------------------------
 # helpers
-
-
-def save_png(fig: Figure, path: str | Path) -> Path:
-    """Write the figure as PNG atomically (``nasrun.run_folder.atomic_write``)."""
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
 def _no_data(ax: Axes) -> None:

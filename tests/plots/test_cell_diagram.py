@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from nasrun.report.cell_diagram import cell_dot, cell_graph, genotype_dot, plot_cells
+from nasrun.plots.cell_diagram import cell_dot, cell_graph, genotype_dot, plot_cells
 from nasrun.space.genotype import Genotype
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -437,3 +437,27 @@ def test_slurm_launcher_preset_composes() -> None:
         )
     assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.sweeper.n_trials == 20
+
+
+@pytest.mark.slow  # two trials, each a submitit job of two processes: about a minute here
+def test_a_sweep_whose_trials_are_data_parallel_jobs(tmp_path: Path) -> None:
+    """Each trial runs as two submitit tasks (the SLURM preset's tasks_per_node, on this machine):
+    the trial retrains data-parallel over both, its first task writes the folder and the sweeper
+    stores that task's validation accuracy."""
+    out = run_nasrun(
+        f"{_sweep_group()}=smoke_bo",
+        "experiment=smoke",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_initial=2",
+        "hydra.sweeper.batch_size=2",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = stored(tmp_path)
+    assert [r["state"] for r in rows] == ["COMPLETED"] * 2
+    results = [json.loads(p.read_text()) for p in tmp_path.glob("*/result.json")]
+    assert [r["processes"] for r in results] == [2, 2]
+    assert sorted(r["value"] for r in rows) == sorted(r["val_acc"] for r in results)

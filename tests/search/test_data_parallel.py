@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,34 @@ def test_searches_that_run_in_one_process_refuse_torchrun_in_one_line(
     assert done.returncode != 0
     assert f"nasrun: error: trainer.distributed=auto: {message}" in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_torchrun_search_killed_whole_resumes_where_an_uninterrupted_one_ends(tmp_path: Path) -> None:
+    args = ["experiment=smoke", "search=darts", "data=digits", "search.epochs=3", "retrain.enabled=false"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = _cli(tmp_path, *args, f"hydra.run.dir={whole}")
+    assert done.returncode == 0, done.stderr
+    cmd = [*TORCHRUN, "-m", "nasrun", *args, f"hydra.run.dir={killed}"]
+    env = _cli_env({"PYTHONPATH": str(ROOT)})
+    job = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    history, deadline = killed / "history.jsonl", time.monotonic() + 240
+    while not (history.is_file() and history.read_text().splitlines()):
+        assert job.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(job.pid, signal.SIGKILL)  # the launcher and both processes at once
+    job.wait()
+    resumed = _cli(tmp_path, *args, f"hydra.run.dir={killed}", "resume=true")
+    assert resumed.returncode == 0, resumed.stderr
+
+    def lines(folder: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
+
+    assert lines(killed) == lines(whole)

@@ -262,6 +262,10 @@ class RunFolderGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from nasrun import UserError
 
+        if int(os.environ.get("RANK", "0") or 0) > 0:
+            # Another process of a data-parallel (torchrun) run: the first one checks the folder it
+            # writes; this one would read the files that one is rewriting.
+            return
         run_dir = Path(str(config.hydra.run.dir)).expanduser()
         before = FolderState.of(run_dir)  # before anything is written, for undo_refused_run
         try:

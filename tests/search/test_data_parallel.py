@@ -108,6 +108,7 @@ def test_searches_that_run_in_one_process_refuse_torchrun_in_one_line(
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # two torchrun searches and a resume: about 30 s
 def test_a_torchrun_search_killed_whole_resumes_where_an_uninterrupted_one_ends(tmp_path: Path) -> None:
     args = ["experiment=smoke", "search=darts", "data=digits", "search.epochs=3", "retrain.enabled=false"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"

@@ -92,6 +92,7 @@ def test_a_torchrun_start_needs_a_shared_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow  # two torchrun jobs and a resume: about 25 s
 def test_a_torchrun_job_killed_whole_resumes_where_an_uninterrupted_one_ends(tmp_path: Path) -> None:
     args = ["task=retrain", "genotype=darts_v2", "experiment=smoke", "data=digits", "trainer.epochs=4"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -181,6 +182,7 @@ def test_a_submitit_job_of_two_tasks_retrains_data_parallel(tmp_path: Path) -> N
     assert [log.read_text().count("retrain epoch 2/2") for log in logs] == [1, 0]  # task 0 prints
 
 
+@pytest.mark.slow  # the benchmark script, alone and under torchrun: about 10 s
 def test_the_data_parallel_benchmark_times_one_process_and_two(tmp_path: Path) -> None:
     script = str(ROOT / "scripts" / "bench_ddp.py")
     tiny = ["--channels", "4", "--layers", "3", "--batch-size", "8", "--image-size", "8"]

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from nasrun.run_folder import PAUSE_AFTER_CHECKPOINT, load_checkpoint, read_history
 from tests.conftest import NB201_TABLE, run_cli, start_cli
 
@@ -201,6 +203,7 @@ def test_retrain_killed_between_checkpoint_and_history_line_resumes_identically(
     _kill_in_the_gap_then_resume(tmp_path, args, "retrain_history.jsonl", "retrain.pt", step=1)
 
 
+@pytest.mark.slow  # two searches and a resume: about 20 s
 def test_drnas_progressive_search_resumes_identically_after_the_widening(tmp_path: Path) -> None:
     # Stages of 1 and 2 epochs: killed after epoch 2's checkpoint, the resumed run must rebuild
     # the widened, pruned supernet before loading the checkpoint, then train epoch 3 as the whole run.

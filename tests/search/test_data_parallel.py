@@ -34,7 +34,7 @@ def _steps(tmp_path: Path, name: str, *cmd: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(tmp_path.glob(f"{name}.rank*.json"))]
 
 
-@pytest.mark.parametrize("search", ["pc_darts", "gdas", "darts_2nd"])
+@pytest.mark.parametrize("search", [pytest.param("pc_darts", marks=pytest.mark.slow), "gdas", "darts_2nd"])
 def test_every_process_holds_bit_identical_alphas_and_weights(tmp_path: Path, search: str) -> None:
     """After six steps (the weights' and the architecture's gradients averaged, the samplers' draws
     seeded per step), both processes hold the same numbers to the last bit: BatchNorm statistics
@@ -45,7 +45,7 @@ def test_every_process_holds_bit_identical_alphas_and_weights(tmp_path: Path, se
     assert first["weights"] == second["weights"]
 
 
-@pytest.mark.parametrize("search", ["darts", "darts_2nd"])
+@pytest.mark.parametrize("search", [pytest.param("darts", marks=pytest.mark.slow), "darts_2nd"])
 def test_two_processes_step_as_one_on_the_same_global_batch(tmp_path: Path, search: str) -> None:
     """Without BatchNorm (whose statistics would be each process's own half batch), two processes
     take one process's steps, up to the float reordering of the averaged gradients (measured after

@@ -70,6 +70,7 @@ def test_two_processes_train_as_one_with_the_same_global_batch(tmp_path: Path) -
         assert b["metrics"][key] == pytest.approx(a["metrics"][key], abs=0.5), key  # one image at most
 
 
+@pytest.mark.slow  # the search-and-retrain test beside the search's covers the same writer in the default run
 def test_a_torchrun_retraining_writes_one_run_folder_from_the_first_process(tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = ["task=retrain", "genotype=darts_v2", "experiment=smoke", "data=digits", "trainer.epochs=2"]
@@ -136,6 +137,7 @@ def _rank_pid(launcher: int, rank: int) -> int | None:
     return None
 
 
+@pytest.mark.slow  # a torchrun job killed mid-run, then resumed: about 20 s
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks' processes in /proc")
 def test_one_rank_killed_ends_the_job_with_one_line_and_a_resumable_folder(tmp_path: Path) -> None:
     args = ["task=retrain", "genotype=darts_v2", "experiment=smoke", "data=digits", "trainer.epochs=8"]

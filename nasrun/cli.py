@@ -160,12 +160,7 @@ def task(cfg: DictConfig) -> dict[str, float]:
     if rank is not None:  # the launcher stops the other processes with SIGTERM when one fails
         signal.signal(signal.SIGTERM, _stopped_by_launcher)
     try:
-        results = pipeline.run(cfg, run_dir)
-        if "torch.distributed" in sys.modules:  # a data-parallel run joined a process group: leave it
-            from nasrun.train.distributed import leave
-
-            leave()
-        return results
+        return pipeline.run(cfg, run_dir)
     except StoppedWithFirstProcess:
         return {}  # another process of this run reports its end
     except KeyboardInterrupt:
@@ -184,7 +179,7 @@ def task(cfg: DictConfig) -> dict[str, float]:
             sys.exit(1)
         if _user_error(e) is None or hc.mode == RunMode.MULTIRUN:
             raise
-        undo_refused_run(Path(hc.runtime.output_dir))  # refused before any work: no trace of it
+        undo_refused_run(run_dir)  # refused before any work: no trace of it
         print(f"nasrun: error: {_message(e)}", file=sys.stderr)
         sys.exit(2)
 
@@ -197,11 +192,14 @@ def _stopped_by_launcher(signum: int, frame: object) -> None:
     raise _PeerStopped
 
 
+def _torchrun_processes() -> int:
+    """How many processes torchrun started this one among (1 without torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
 def _data_parallel_rank() -> int | None:
     """This process's rank when it is one of several started by torchrun, else ``None``."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return None
-    return int(os.environ.get("RANK", "0") or 0)
+    return int(os.environ.get("RANK", "0") or 0) if _torchrun_processes() > 1 else None
 
 
 def _collective_failed(exc: BaseException) -> bool:
@@ -257,7 +255,7 @@ def _shared_folder_missing(args: list[str]) -> str | None:
     The default folder's name holds the start time, which the processes of a ``torchrun`` job read
     a moment apart; they must share one folder, named on the command line.
     """
-    processes = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    processes = _torchrun_processes()
     if processes <= 1 or "trainer.distributed=off" in args or {"-m", "--multirun"} & set(args):
         return None
     if any(a.startswith(("hydra.run.dir=", "--help", "-h", "--cfg", "-c")) for a in args):

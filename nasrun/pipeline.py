@@ -26,7 +26,7 @@ from nasrun.data.base import DataModule
 from nasrun.run_folder import PhaseClock, write_json_atomic
 from nasrun.search.base import SearchContext, SearchResult
 from nasrun.space.genotype import Genotype, GenotypeError
-from nasrun.train.distributed import SINGLE
+from nasrun.train.distributed import SINGLE, leave
 from nasrun.train.measure import count_flops, count_params
 from nasrun.train.threads import apply_threads, hydra_launcher, launcher_jobs, resolve_threads
 
@@ -123,16 +123,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     strategy = build(cfg, "search", space=space, seed=cfg.seed) if task == "nas" else None
     if task == "nas" and strategy is None:
         raise UserError("task=nas needs a search strategy (search=darts, search=random_search, ...)")
+    evaluator = build(cfg, "evaluator") if cfg.get("evaluator") is not None else None
     if strategy is not None and world.active:
-        refusal = getattr(
-            strategy, "data_parallel_refusal", lambda: "a black-box search runs in one process"
-        )()
+        refusal = (
+            strategy.data_parallel_refusal(evaluator)
+            if hasattr(strategy, "data_parallel_refusal")
+            else "a black-box search runs in one process"
+        )
         if refusal is not None:
             raise UserError(
                 f"trainer.distributed=auto: {refusal}; search without torchrun, then retrain its "
                 "genotype.json data-parallel (task=retrain genotype_path=...)"
             )
-    evaluator = build(cfg, "evaluator") if cfg.get("evaluator") is not None else None
     retrain = cfg.get("retrain") is not None and cfg.retrain.enabled
     if retrain and cfg.get("data") is None:
         raise UserError(
@@ -176,7 +178,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
 
     # -- search ---------------------------------------------------------------------------------
     if strategy is not None:
-        clock = PhaseClock(run_dir, "search", cfg.resume)  # counts the time before a resume too
+        clock = PhaseClock(
+            run_dir, "search", cfg.resume, write=world.main
+        )  # counts the time before a resume too
         searched: SearchResult = strategy.run(ctx)
         timings["search_s"] = clock.stop()
         genotype = searched.genotype
@@ -203,7 +207,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             raise UserError(f"retrain.network: {e} (space {space.name!r})") from None
         result["params"] = count_params(model)
         result["flops"] = count_flops(model, (1, data.in_channels, data.image_size, data.image_size))
-        clock = PhaseClock(run_dir, "retrain", cfg.resume)
+        clock = PhaseClock(run_dir, "retrain", cfg.resume, write=world.main)
         metrics = trainer.fit(
             model,
             data,
@@ -217,7 +221,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
             shorten_hint=_shorten_retrain_hint(cfg, net_cfg),
             sinks=report,
         )
-        timings["retrain_s"] = clock.stop() if world.main else clock.elapsed()
+        timings["retrain_s"] = clock.stop()
         result.update(
             {
                 # None without a validation split: the retrained network was never validated.
@@ -237,6 +241,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         write_json_atomic(run_dir / "result.json", result)
     print_summary(result)
     console.print(f"run folder: {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    leave()  # the process group a data-parallel run joined
     return numeric_results(result)
 
 

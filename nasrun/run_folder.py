@@ -249,15 +249,18 @@ class PhaseClock:
         run_dir: the run folder.
         phase: the phase's name, the key in ``wall_s.json``.
         resume: start from the recorded time (else from zero).
+        write: false: only count (the other processes of a data-parallel run, whose first one writes).
     """
 
-    def __init__(self, run_dir: Path, phase: str, resume: bool) -> None:
+    def __init__(self, run_dir: Path, phase: str, resume: bool, write: bool = True) -> None:
         self.path = run_dir / "checkpoints" / PHASE_TIMES
         self.phase = phase
+        self.write = write
         earlier = read_phase_times(self.path).get(phase, 0.0) if resume else 0.0
         self._start = time.perf_counter() - earlier
         self._recorded = False
-        _CLOCKS[self.path.parent.resolve()] = self
+        if write:  # checkpoints record its time as they are saved
+            _CLOCKS[self.path.parent.resolve()] = self
 
     def elapsed(self) -> float:
         """Seconds the phase has taken, earlier runs of it included."""
@@ -280,7 +283,7 @@ class PhaseClock:
         if _CLOCKS.get(key) is self:
             del _CLOCKS[key]
         seconds = self.elapsed()
-        if self._recorded or self.phase in read_phase_times(self.path):
+        if self.write and (self._recorded or self.phase in read_phase_times(self.path)):
             self.record(seconds)
         return seconds
 

@@ -6,9 +6,11 @@ import contextlib
 import importlib.util
 import io
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +22,7 @@ from omegaconf import DictConfig
 
 from nasrun import UserError
 from nasrun.config import config_dir, register_configs
+from nasrun.run_folder import read_history
 
 # Tiny networks run faster on one thread, and results are then bit-identical across runs.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -48,28 +51,37 @@ def _cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(extra or {})}
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m nasrun ARGS`` in a subprocess (one thread, like the tests)."""
-    return subprocess.run(
-        [sys.executable, "-m", "nasrun", *args],
-        cwd=cwd,
-        env=_cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+#: ``torchrun`` starting two processes on this machine (gloo on the CPU): a command's prefix.
+TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2")
+
+
+def run_command(cmd: Sequence[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in a subprocess (one thread, like the tests), its output captured."""
+    return subprocess.run(list(cmd), cwd=cwd, env=_cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli(
+    *args: str, cwd: Path, timeout: float = 300, launcher: Sequence[str] = (sys.executable,)
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m nasrun ARGS`` in a subprocess (``launcher=TORCHRUN``: as two processes)."""
+    return run_command([*launcher, "-m", "nasrun", *args], cwd, timeout)
 
 
 def start_cli(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, **popen: Any
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    launcher: Sequence[str] = (sys.executable,),
+    **popen: Any,
 ) -> subprocess.Popen[str]:
     """Start ``python -m nasrun ARGS`` (one thread) and return at once, for tests that kill it.
 
     Its standard output is discarded and its standard error kept (``proc.stderr``); ``env`` adds
-    variables, ``popen`` adds ``subprocess.Popen`` arguments.
+    variables, ``launcher=TORCHRUN`` starts it as two processes, ``popen`` adds
+    ``subprocess.Popen`` arguments.
     """
     return subprocess.Popen(
-        [sys.executable, "-m", "nasrun", *args],
+        [*launcher, "-m", "nasrun", *args],
         cwd=cwd,
         env=_cli_env(env),
         stdout=subprocess.DEVNULL,
@@ -77,6 +89,44 @@ def start_cli(
         text=True,
         **popen,
     )
+
+
+def wait_until(
+    proc: subprocess.Popen[str], done: Callable[[], bool], what: str, timeout: float = 240
+) -> None:
+    """Wait until ``done()`` while ``proc`` runs; fail naming ``what`` was awaited if it ends or time runs out."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before {what}: {proc.stderr.read() if proc.stderr else ''}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"{what} never happened in {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def wait_for_lines(proc: subprocess.Popen[str], path: Path, lines: int) -> None:
+    """Wait until ``path`` (a history file) holds ``lines`` lines while ``proc`` runs."""
+    wait_until(
+        proc,
+        lambda: path.is_file() and len(path.read_text().splitlines()) >= lines,
+        f"{path} held {lines} lines",
+    )
+
+
+def timeless_history(path: Path) -> list[dict[str, Any]]:
+    """A history file's records without their wall times, to compare two runs of the same work."""
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_history(path)]
+
+
+def kill_when(proc: subprocess.Popen[str], path: Path, lines: int, group: bool = False) -> None:
+    """SIGKILL ``proc`` (``group``: its whole session, a launcher and its processes) once ``path`` holds ``lines`` lines."""
+    wait_for_lines(proc, path, lines)
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 @pytest.fixture

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from nasrun.run_folder import PAUSE_AFTER_CHECKPOINT, load_checkpoint, read_history
-from tests.conftest import NB201_TABLE, run_cli, start_cli
+from tests.conftest import NB201_TABLE, kill_when, run_cli, start_cli, timeless_history, wait_until
 
 ARGS = [
     "experiment=smoke",
@@ -25,35 +24,18 @@ def _start(run_dir: Path, cwd: Path, *extra: str) -> subprocess.Popen[str]:
     return start_cli(*ARGS, f"hydra.run.dir={run_dir}", *extra, cwd=cwd)
 
 
-def _kill_when(proc: subprocess.Popen[str], path: Path, epochs: int, timeout: float = 240) -> None:
-    """SIGKILL ``proc`` as soon as ``path`` (a history file) holds ``epochs`` lines."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and len(path.read_text().splitlines()) >= epochs:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"run ended before it could be killed: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"{path} never reached {epochs} lines")
-
-
 def test_sigkill_mid_search_and_mid_retrain_then_resume_matches_uninterrupted(tmp_path: Path) -> None:
     ref = run_cli(*ARGS, f"hydra.run.dir={tmp_path / 'ref'}", cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
 
     run = tmp_path / "killed"
     proc = _start(run, tmp_path)
-    _kill_when(proc, run / "history.jsonl", epochs=1)  # mid-search
+    kill_when(proc, run / "history.jsonl", lines=1)  # mid-search
     assert proc.returncode == -signal.SIGKILL
     assert not (run / "result.json").exists()
 
     proc = _start(run, tmp_path, "resume=true")
-    _kill_when(proc, run / "retrain_history.jsonl", epochs=1)  # mid-retrain
+    kill_when(proc, run / "retrain_history.jsonl", lines=1)  # mid-retrain
     assert proc.returncode == -signal.SIGKILL
     # The phases' time up to the kill: the whole search (two runs of it), the retraining's start.
     before = json.loads((run / "checkpoints" / "wall_s.json").read_text())
@@ -93,7 +75,7 @@ def test_enas_sigkill_mid_search_then_resume_continues_the_controller_exactly(tm
 
     run = tmp_path / "killed"
     proc = start_cli(*ENAS, f"hydra.run.dir={run}", cwd=tmp_path)
-    _kill_when(proc, run / "history.jsonl", epochs=1)
+    kill_when(proc, run / "history.jsonl", lines=1)
     assert proc.returncode == -signal.SIGKILL
     done = run_cli(*ENAS, f"hydra.run.dir={run}", "resume=true", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -120,16 +102,8 @@ def test_enas_sigkill_mid_search_then_resume_continues_the_controller_exactly(tm
 def _kill_in_the_gap(args: list[str], run_dir: Path, cwd: Path, log: str, ckpt: str, step: int) -> None:
     """Run ``nasrun ARGS`` into ``run_dir`` and SIGKILL it between step ``step``'s checkpoint and line."""
     proc = start_cli(*args, f"hydra.run.dir={run_dir}", cwd=cwd, env={PAUSE_AFTER_CHECKPOINT: str(step)})
-    marker, deadline = run_dir / f"{log}.paused", time.monotonic() + 240
-    while not marker.is_file():
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the run ended before the pause: {proc.stderr.read() if proc.stderr else ''}"
-            )
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"{marker} never appeared")
-        time.sleep(0.02)
+    marker = run_dir / f"{log}.paused"
+    wait_until(proc, marker.is_file, f"{marker} appeared")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -149,7 +123,7 @@ def _kill_in_the_gap_then_resume(tmp_path: Path, args: list[str], log: str, ckpt
     assert done.returncode == 0, done.stderr  # the checkpoint is there, so resume=true is accepted
 
     def lines(folder: Path) -> list[dict]:
-        return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_history(folder / log)]
+        return timeless_history(folder / log)
 
     def result(folder: Path) -> dict:
         return {k: v for k, v in json.loads((folder / "result.json").read_text()).items() if "wall" not in k}

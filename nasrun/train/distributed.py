@@ -25,14 +25,14 @@ from __future__ import annotations
 import datetime
 import gc
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from nasrun import UserError
+from nasrun import StoppedWithFirstProcess, UserError
 
 #: How long a rank waits for the others at a collective call before the run fails (a rank that died
 #: or hangs ends the job instead of leaving the others waiting for ever).
@@ -70,6 +70,45 @@ class World:
         q, r = divmod(n, self.size)
         start = self.rank * q + min(self.rank, r)
         return slice(start, start + q + (1 if self.rank < r else 0))
+
+    def share(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
+        """This rank's share of a global batch (the tensors themselves when alone).
+
+        ``None`` for a batch too small to give every rank an item: every rank skips it alike.
+        """
+        if not self.active:
+            return tensors
+        n = len(tensors[0])
+        if n < self.size:
+            return None
+        part = self.shard(n)
+        return tuple(t[part] for t in tensors)
+
+    def totals(self, values: Sequence[float | torch.Tensor], device: torch.device) -> list[float]:
+        """Each of ``values`` (numbers or 0-d tensors) summed over the ranks, in one all-reduce."""
+        stacked = torch.stack([torch.as_tensor(v, device=device).to(torch.float64) for v in values])
+        return self.all_sum(stacked).tolist()
+
+    def write_together(self, write: Callable[[], None], device: torch.device) -> None:
+        """Run ``write`` (an epoch's checkpoint and history line), then end every process with it if it raised.
+
+        Only the first process writes (a ``HistoryLog(write=False)`` does nothing elsewhere) and
+        reports to a sweep, whose pruner may stop the run by raising from ``write``. The exception
+        then ends the first process, and the others raise ``StoppedWithFirstProcess`` at the same
+        point instead of waiting for it at the next collective call. Alone, ``write`` simply runs.
+        """
+        if not self.active:
+            write()
+            return
+        failed: Exception | None = None
+        try:
+            write()
+        except Exception as e:  # a sweep's pruner stopping the run, a failed write
+            failed = e
+        if self.any_rank(failed is not None, device):
+            if failed is not None:
+                raise failed
+            raise StoppedWithFirstProcess
 
     def average(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each tensor averaged over the ranks, in one all-reduce; the tensors themselves when alone.

@@ -12,13 +12,14 @@ import contextlib
 import math
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from nasrun import StoppedWithFirstProcess, UserError
+from nasrun import UserError
 from nasrun.console import get_console, progress_bar
 from nasrun.data.base import DataModule, clamp_batch_size
 from nasrun.run_folder import (
@@ -220,8 +221,13 @@ class Trainer(Runtime):
             set_rng_state(state["rng"])
             start, records, wall = state["epoch"], state["history"], state["wall_s"]
         log = (
-            HistoryLog(run_dir / f"{phase}_history.jsonl", records, [self.scalar_log(run_dir, phase), *sinks])
-            if run_dir is not None and world.main  # one writer: rank 0
+            HistoryLog(
+                run_dir / f"{phase}_history.jsonl",
+                records,
+                [self.scalar_log(run_dir, phase), *sinks],
+                write=world.main,  # data-parallel: the first process writes for all
+            )
+            if run_dir is not None
             else None
         )
         augment = data.augment(cutout)
@@ -256,23 +262,19 @@ class Trainer(Runtime):
                 correct_sum = torch.zeros((), dtype=torch.int64, device=self.device)
                 n = 0
                 gen = epoch_generator(seed, epoch)
-                for x, y in self.batches(data.train, batch_size, gen, augment):
-                    if world.active:  # this rank's share of the global batch
-                        if len(y) < world.size:
-                            continue  # a last batch too small to give every rank an image
-                        part = world.shard(len(y))
-                        x, y = x[part], y[part]
+                for batch in self.batches(data.train, batch_size, gen, augment):
+                    share = world.share(*batch)  # data-parallel: this process's part of the batch
+                    if share is None:
+                        continue
+                    x, y = share
                     loss, logits = self.train_step(model, module, opt, x, y, aux_weight)
                     if check is not None:
                         check.step()
                     loss_sum += loss.to(self._sum_dtype) * y.numel()
                     correct_sum += (logits.argmax(1) == y).sum()
                     n += int(y.numel())
-                if world.active:
-                    sums = world.all_sum(torch.stack([loss_sum.double(), correct_sum.double()]))
-                    loss_sum, correct_sum = sums[0], sums[1]
-                    n = int(world.all_sum(torch.tensor(n, device=self.device)))
-                train_loss, correct = float(loss_sum), int(correct_sum)
+                train_loss, correct_f, n_f = world.totals([loss_sum, correct_sum, n], self.device)
+                correct, n = int(correct_f), int(n_f)
                 if not math.isfinite(train_loss):
                     # Checked once per epoch; the epoch's checkpoint is not written, so the last
                     # good one stays.
@@ -294,31 +296,18 @@ class Trainer(Runtime):
                     metrics["val_loss"], metrics["val_acc"] = self.evaluate(evaluated, data.val)
                 metrics["test_loss"], metrics["test_acc"] = self.evaluate(evaluated, data.test)
                 metrics["wall_s"] = wall
-                stop: Exception | None = None
                 if log is not None and ckpt is not None:
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
                     # between leaves no line that the checkpoint lacks.
-                    try:
-                        log.commit(
-                            [metrics],
-                            ckpt,
-                            {
-                                "model": module.state_dict(),
-                                "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(),
-                                "rng": rng_state(),
-                                "epoch": epoch + 1,
-                                "wall_s": wall,
-                            },
-                        )
-                    except Exception as e:  # a sweep's pruner stopping the trial, a failed write
-                        stop = e
-                # Data-parallel, the first process alone writes and reports: when that stops it (a
-                # pruned trial), the others end here too instead of waiting for it.
-                if world.any_rank(stop is not None, self.device):
-                    if stop is not None:
-                        raise stop
-                    raise StoppedWithFirstProcess
+                    state = {
+                        "model": module.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict(),
+                        "rng": rng_state(),
+                        "epoch": epoch + 1,
+                        "wall_s": wall,
+                    }
+                    world.write_together(partial(log.commit, [metrics], ckpt, state), self.device)
                 if not quiet:
                     val = f" val_acc {metrics['val_acc']:.2f}" if "val_acc" in metrics else ""
                     console.print(

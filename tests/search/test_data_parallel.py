@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import _cli_env
+from tests.conftest import TORCHRUN, kill_when, run_cli, run_command, start_cli, timeless_history
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = str(ROOT / "tests" / "search" / "ddp_steps.py")
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+SCRIPT = str(Path(__file__).resolve().parent / "ddp_steps.py")
 
 
 def _steps(tmp_path: Path, name: str, *cmd: str) -> list[dict]:
     out = tmp_path / name
-    done = subprocess.run(
-        [*cmd, SCRIPT, str(out), *name.split("-")],
-        cwd=tmp_path,
-        env=_cli_env({"PYTHONPATH": str(ROOT)}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_command([*cmd, SCRIPT, str(out), *name.split("-")], tmp_path)
     assert done.returncode == 0, done.stderr
     return [json.loads(p.read_text()) for p in sorted(tmp_path.glob(f"{name}.rank*.json"))]
 
@@ -61,27 +48,10 @@ def test_two_processes_step_as_one_on_the_same_global_batch(tmp_path: Path, sear
             assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=tol, rtol=tol)
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TORCHRUN, "-m", "nasrun", *args],
-        cwd=tmp_path,
-        env=_cli_env({"PYTHONPATH": str(ROOT)}),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_a_torchrun_search_and_retraining_write_one_run_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
-    done = _cli(
-        tmp_path,
-        "experiment=smoke",
-        "search=pc_darts",
-        "data=digits",
-        "search.epochs=2",
-        f"hydra.run.dir={run}",
-    )
+    args = ["experiment=smoke", "search=pc_darts", "data=digits", "search.epochs=2", f"hydra.run.dir={run}"]
+    done = run_cli(*args, cwd=tmp_path, launcher=TORCHRUN)
     assert done.returncode == 0, done.stderr
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in history] == [1, 2]  # one writer
@@ -102,7 +72,8 @@ def test_a_torchrun_search_and_retraining_write_one_run_folder(tmp_path: Path) -
 def test_searches_that_run_in_one_process_refuse_torchrun_in_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
-    done = _cli(tmp_path, "experiment=smoke", "data=digits", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    done = run_cli("experiment=smoke", "data=digits", *args, run, cwd=tmp_path, launcher=TORCHRUN)
     assert done.returncode != 0
     assert f"nasrun: error: trainer.distributed=auto: {message}" in done.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -112,29 +83,10 @@ def test_searches_that_run_in_one_process_refuse_torchrun_in_one_line(
 def test_a_torchrun_search_killed_whole_resumes_where_an_uninterrupted_one_ends(tmp_path: Path) -> None:
     args = ["experiment=smoke", "search=darts", "data=digits", "search.epochs=3", "retrain.enabled=false"]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    done = _cli(tmp_path, *args, f"hydra.run.dir={whole}")
+    done = run_cli(*args, f"hydra.run.dir={whole}", cwd=tmp_path, launcher=TORCHRUN)
     assert done.returncode == 0, done.stderr
-    cmd = [*TORCHRUN, "-m", "nasrun", *args, f"hydra.run.dir={killed}"]
-    env = _cli_env({"PYTHONPATH": str(ROOT)})
-    job = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    history, deadline = killed / "history.jsonl", time.monotonic() + 240
-    while not (history.is_file() and history.read_text().splitlines()):
-        assert job.poll() is None and time.monotonic() < deadline, "the job ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(job.pid, signal.SIGKILL)  # the launcher and both processes at once
-    job.wait()
-    resumed = _cli(tmp_path, *args, f"hydra.run.dir={killed}", "resume=true")
+    job = start_cli(*args, f"hydra.run.dir={killed}", cwd=tmp_path, launcher=TORCHRUN, start_new_session=True)
+    kill_when(job, killed / "history.jsonl", 1, group=True)  # the launcher and both processes
+    resumed = run_cli(*args, f"hydra.run.dir={killed}", "resume=true", cwd=tmp_path, launcher=TORCHRUN)
     assert resumed.returncode == 0, resumed.stderr
-
-    def lines(folder: Path) -> list[dict]:
-        rows = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
-        return [{k: v for k, v in r.items() if k != "wall_s"} for r in rows]
-
-    assert lines(killed) == lines(whole)
+    assert timeless_history(killed / "history.jsonl") == timeless_history(whole / "history.jsonl")

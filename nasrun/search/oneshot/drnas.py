@@ -213,10 +213,9 @@ class ProgressiveSchedule(OneShotPlugin):
             raise UserError(
                 f"{key}.k[0]={self.k[0]}: must equal search.edge.k={edges[0].k} (the first stage's)"
             )
-        for c in self.k:
-            if any(e.part * e.k % c for e in edges):
-                C = next(e.part * e.k for e in edges if e.part * e.k % c)
-                raise UserError(f"{key}.k={self.k}: {c} does not divide an edge's {C} channels")
+        bad = next(((c, e.part * e.k) for c in self.k for e in edges if e.part * e.k % c), None)
+        if bad is not None:
+            raise UserError(f"{key}.k={self.k}: {bad[0]} does not divide an edge's {bad[1]} channels")
         n_ops = len(next(iter(_network(stepper).arch.alphas.values()))[0])
         if any(c is not None and c > n_ops for c in self.ops_kept):
             raise UserError(f"{key}.ops_kept={self.ops_kept}: an edge has only {n_ops} candidate ops")

@@ -27,12 +27,13 @@ import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nasrun import StoppedWithFirstProcess, UserError
+from nasrun import UserError
 from nasrun.config.build import chosen
 from nasrun.console import get_console, progress_bar
 from nasrun.data.base import DataModule, TensorSplit, clamp_batch_size
@@ -372,19 +373,28 @@ class OneShotSearch:
             plugin.attach(stepper)
         return stepper
 
-    def data_parallel_refusal(self) -> str | None:
+    def data_parallel_refusal(self, evaluator: Any = None) -> str | None:
         """Why this search cannot run data-parallel (several processes), or ``None`` if it can.
 
         The DARTS steps (first and second order, every architecture distribution) and the
         single-level update average their gradients over the processes; the cell-sampling updates
-        (ENAS, RSPS) and plug-ins that attack each process's share of a batch do not yet.
+        (ENAS, RSPS), plug-ins that attack each process's share of a batch and scoring each epoch's
+        cell with ``evaluator`` do not yet.
         """
         if self.update is not None and not getattr(self.update, "data_parallel", False):
             return f"search.update={type(self.update).__name__} runs in one process"
         for name, plugin in self.plugins.items():
             if not plugin.data_parallel:
                 return f"search.plugins.{name}={type(plugin).__name__} runs in one process"
+        if self._scores_derived(evaluator):
+            return "scoring each epoch's cell (search.evaluate_derived) runs in one process"
         return None
+
+    def _scores_derived(self, evaluator: Any) -> bool:
+        """Whether each epoch's derived cell is scored: ``evaluate_derived``, else when ``evaluator`` is free."""
+        if self.evaluate_derived is not None:
+            return self.evaluate_derived
+        return bool(getattr(evaluator, "free", False))
 
     @property
     def single_level(self) -> bool:
@@ -414,17 +424,8 @@ class OneShotSearch:
         if ctx.data is None or ctx.trainer is None:
             raise UserError("a one-shot search needs data and a trainer")
         world = ctx.trainer.world
-        if world.active:
-            refusal = self.data_parallel_refusal()
-            if refusal is not None:
-                raise UserError(f"trainer.distributed=auto: {refusal}; start it without torchrun")
-            join(world, ctx.trainer.device)
+        join(world, ctx.trainer.device)  # data-parallel (``data_parallel_refusal`` said it can)
         plan = self._epoch_plan(ctx)
-        if world.active and plan.score_derived:
-            raise UserError(
-                "trainer.distributed=auto: scoring each epoch's cell (search.evaluate_derived) runs in "
-                "one process; set search.evaluate_derived=false or start it without torchrun"
-            )
         at = self._resume_point(ctx)
         log = HistoryLog(
             ctx.run_dir / "history.jsonl",
@@ -473,30 +474,19 @@ class OneShotSearch:
                         record["stopped"] = stopped
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
                     # between leaves no line that the checkpoint lacks.
-                    failed: Exception | None = None
-                    try:
-                        log.commit(
-                            [record],
-                            plan.checkpoint,
-                            {
-                                "stepper": stepper.state_dict(),
-                                "plugins": {n: p.state_dict() for n, p in self.plugins.items()},
-                                "rng": rng_state(),
-                                "stage": stage,
-                                "stage_epoch": epoch + 1,
-                                "edge_ops": network.edge_ops,
-                                "epoch": done,
-                                "wall_s": wall,
-                            },
-                        )
-                    except Exception as e:  # a sweep's pruner stopping the trial, a failed write
-                        failed = e
-                    # Data-parallel, only the first process writes and reports: when that stops it,
-                    # the others stop with it instead of waiting at the next step.
-                    if world.any_rank(failed is not None, ctx.trainer.device):
-                        if failed is not None:
-                            raise failed
-                        raise StoppedWithFirstProcess
+                    state = {
+                        "stepper": stepper.state_dict(),
+                        "plugins": {n: p.state_dict() for n, p in self.plugins.items()},
+                        "rng": rng_state(),
+                        "stage": stage,
+                        "stage_epoch": epoch + 1,
+                        "edge_ops": network.edge_ops,
+                        "epoch": done,
+                        "wall_s": wall,
+                    }
+                    world.write_together(
+                        partial(log.commit, [record], plan.checkpoint, state), ctx.trainer.device
+                    )
                     self._print_epoch(record, plan, start, time.perf_counter() - t0)
                     if stopped is not None:
                         get_console().print(f"search stopped after epoch {done}: {stopped}")
@@ -537,11 +527,7 @@ class OneShotSearch:
             if weights_only
             else "images in each half of the search data",
         )
-        score_derived = (
-            self.evaluate_derived
-            if self.evaluate_derived is not None
-            else bool(getattr(ctx.evaluator, "free", False))
-        )
+        score_derived = self._scores_derived(ctx.evaluator)
         return _EpochPlan(
             data=data,
             trainer=trainer,
@@ -610,11 +596,11 @@ class OneShotSearch:
         world = plan.trainer.world
         for i, ((xt, yt), (xv, yv)) in enumerate(pairs):
             if world.active:  # this process's share of the global batches
-                if len(yt) < world.size or (yv is not None and len(yv) < world.size):
+                train = world.share(xt, yt)
+                val = (None, None) if xv is None else world.share(xv, yv)
+                if train is None or val is None:
                     continue  # a last batch too small to give every process an image
-                xt, yt = xt[world.shard(len(yt))], yt[world.shard(len(yt))]
-                if xv is not None and yv is not None:
-                    xv, yv = xv[world.shard(len(yv))], yv[world.shard(len(yv))]
+                (xt, yt), (xv, yv) = train, val
                 # The step's random draws (samplers, dropout) the same on every process, whatever
                 # the size of its share.
                 torch.manual_seed(self.seed * 1_000_003 + start.epoch * 10_007 + i)
@@ -625,11 +611,8 @@ class OneShotSearch:
             advance(1, f"epoch {start.epoch + 1} loss {loss_sum / n:.3f}")
         stepper.sched.step()
         if world.active:
-            sums = torch.tensor(
-                [loss_sum, float(correct), float(n)], dtype=torch.float64, device=plan.trainer.device
-            )
-            total = world.all_sum(sums)
-            loss_sum, correct, n = float(total[0]), int(total[1]), int(total[2])
+            loss_sum, correct_f, n_f = world.totals([loss_sum, correct, n], plan.trainer.device)
+            correct, n = int(correct_f), int(n_f)
         return loss_sum / max(n, 1), 100.0 * correct / max(n, 1)
 
     def _end_epoch(

@@ -71,23 +71,24 @@ class Widening:
             self.param(bn.bias, 0, index)
         bn.num_features += len(index)
 
-    def conv(self, conv: nn.Conv2d, new: int, index: torch.Tensor | None) -> torch.Tensor:
-        """Widen ``conv`` to ``new`` channels in and out; returns the output channels it copied.
+    def conv(
+        self, conv: nn.Conv2d, new: int, index: torch.Tensor | None = None, new_out: int | None = None
+    ) -> torch.Tensor:
+        """Widen ``conv`` to ``new`` input channels and ``new_out`` (default ``new``) output channels.
 
         ``index``: the input channels the module before copied (``None``: none chose, draw them).
+        Returns the output channels it copied.
         """
-        old = conv.out_channels
+        new_out = new if new_out is None else new_out
         if isinstance(conv, DepthwiseConv2d) or 1 < conv.groups == conv.in_channels:  # one filter per channel
-            out = self.choose(old, new)  # the reference draws afresh (operations.py DilConv.wider)
-            self.param(conv.weight, 0, out)
-            conv.groups = new
+            conv.groups = new  # its filters copied at fresh channels, as the reference (DilConv.wider)
+        elif conv.groups != 1:
+            raise ValueError(f"cannot widen a grouped convolution ({conv.groups} groups)")
         else:
-            if conv.groups != 1:
-                raise ValueError(f"cannot widen a grouped convolution ({conv.groups} groups)")
             self.param(conv.weight, 1, index if index is not None else self.choose(conv.in_channels, new))
-            out = self.choose(old, new)
-            self.param(conv.weight, 0, out)
-        conv.in_channels = conv.out_channels = new
+        out = self.choose(conv.out_channels, new_out)
+        self.param(conv.weight, 0, out)
+        conv.in_channels, conv.out_channels = new, new_out
         return out
 
     def module(self, module: nn.Module, new: int, index: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -98,8 +99,8 @@ class Widening:
         """
         if isinstance(module, FactorizedReduce):
             half = new // 2
-            first = self.conv_half(module.conv_1, new, half)
-            second = self.conv_half(module.conv_2, new, half)
+            first = self.conv(module.conv_1, new, new_out=half)
+            second = self.conv(module.conv_2, new, new_out=half)
             # The reference's choice for the joined BatchNorm: both halves' indices appended.
             self.bn(module.bn, torch.cat([first, second]))
             return None
@@ -112,14 +113,6 @@ class Widening:
         for child in module.children():
             index = self.module(child, new, index)
         return index
-
-    def conv_half(self, conv: nn.Conv2d, new_in: int, new_out: int) -> torch.Tensor:
-        """One of ``FactorizedReduce``'s convolutions: random inputs and outputs copied."""
-        self.param(conv.weight, 1, self.choose(conv.in_channels, new_in))
-        out = self.choose(conv.out_channels, new_out)
-        self.param(conv.weight, 0, out)
-        conv.in_channels, conv.out_channels = new_in, new_out
-        return out
 
 
 def _append(t: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:

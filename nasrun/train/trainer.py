@@ -299,7 +299,7 @@ class Trainer(Runtime):
                 if log is not None and ckpt is not None:
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
                     # between leaves no line that the checkpoint lacks.
-                    state = {
+                    saved = {
                         "model": module.state_dict(),
                         "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(),
@@ -307,7 +307,7 @@ class Trainer(Runtime):
                         "epoch": epoch + 1,
                         "wall_s": wall,
                     }
-                    world.write_together(partial(log.commit, [metrics], ckpt, state), self.device)
+                    world.write_together(partial(log.commit, [metrics], ckpt, saved), self.device)
                 if not quiet:
                     val = f" val_acc {metrics['val_acc']:.2f}" if "val_acc" in metrics else ""
                     console.print(

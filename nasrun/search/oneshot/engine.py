@@ -474,7 +474,7 @@ class OneShotSearch:
                         record["stopped"] = stopped
                     # The checkpoint first, then the epoch's line (HistoryLog.commit): a kill in
                     # between leaves no line that the checkpoint lacks.
-                    state = {
+                    saved = {  # not `state`: that is the resume point's, read when a stage starts
                         "stepper": stepper.state_dict(),
                         "plugins": {n: p.state_dict() for n, p in self.plugins.items()},
                         "rng": rng_state(),
@@ -485,7 +485,7 @@ class OneShotSearch:
                         "wall_s": wall,
                     }
                     world.write_together(
-                        partial(log.commit, [record], plan.checkpoint, state), ctx.trainer.device
+                        partial(log.commit, [record], plan.checkpoint, saved), ctx.trainer.device
                     )
                     self._print_epoch(record, plan, start, time.perf_counter() - t0)
                     if stopped is not None:

@@ -19,6 +19,7 @@ from torch import nn
 
 from nasrun import UserError
 from nasrun.data.base import TensorSplit, batches
+from nasrun.train import sync_batchnorm
 from nasrun.train.distributed import SINGLE, World
 from nasrun.train.threads import parse_threads
 
@@ -125,6 +126,7 @@ class Runtime:
         parse_threads(threads)  # UserError naming trainer.threads
         self.threads = threads
         self.world: World = SINGLE  # one process (``Trainer`` sets its own from trainer.distributed)
+        self.sync_batchnorm = True  # data-parallel: BatchNorm over the global batch (``Trainer`` sets it)
         # Running loss sums; Apple's MPS backend has no float64.
         self._sum_dtype = torch.float32 if self.device.type == "mps" else torch.float64
 
@@ -133,8 +135,11 @@ class Runtime:
 
         With ``compile`` the returned module is the compiled wrapper; it shares its parameters with
         ``model``, so save and load ``model``'s state dict. Data-parallel, the module is wrapped in
-        ``DistributedDataParallel`` unless ``ddp`` is false (the caller averages the gradients).
+        ``DistributedDataParallel`` unless ``ddp`` is false (the caller averages the gradients), and
+        with ``sync_batchnorm`` its BatchNorms are synchronised in place (same tensors).
         """
+        if self.world.active and self.sync_batchnorm:
+            sync_batchnorm.convert(model, self.device)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)

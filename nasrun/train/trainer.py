@@ -54,6 +54,10 @@ class Trainer(Runtime):
             SLURM job of several tasks; ``nasrun.train.distributed``); ``off``: one process.
         batch_per_device: data-parallel: each process's batch, the global batch being this times
             the processes; ``None``: the global batch is ``batch_size``, split over the processes.
+        sync_batchnorm: data-parallel: BatchNorm normalises with the statistics of the global batch
+            (``nasrun.train.sync_batchnorm``), as one process would; ``false``: with each process's
+            share's (``DistributedDataParallel``'s default: no collective call per BatchNorm, but
+            results that depend on the number of processes).
     """
 
     def __init__(
@@ -75,6 +79,7 @@ class Trainer(Runtime):
         tensorboard: bool = False,  # also write TensorBoard scalars (pip install nasrun[tensorboard])
         distributed: str = "auto",  # data-parallel when started by torchrun or as SLURM tasks; off: never
         batch_per_device: int | None = None,  # data-parallel: per-process batch; None: batch_size split
+        sync_batchnorm: bool = True,  # data-parallel: BatchNorm statistics of the global batch, as one process
     ):
         super().__init__(device, amp, channels_last, compile, eval_batch_size, threads)
         self.world = detect(distributed)
@@ -83,6 +88,7 @@ class Trainer(Runtime):
         if batch_per_device is not None and batch_per_device <= 0:
             raise UserError(f"trainer.batch_per_device={batch_per_device}: must be > 0 (or null)")
         self.batch_per_device = batch_per_device
+        self.sync_batchnorm = sync_batchnorm
         for key, value in (("epochs", epochs), ("batch_size", batch_size)):
             if value <= 0:
                 raise UserError(f"trainer.{key}={value}: must be > 0")

@@ -23,6 +23,7 @@ from nasrun import UserError
 from nasrun.space.cifar_cell import drop_path
 from nasrun.space.depthwise import DepthwiseConv2d, depthwise_conv2d
 from nasrun.space.ops import FactorizedReduce, make_op
+from nasrun.train import sync_batchnorm
 
 
 def _strip_leading_relu(op: nn.Module) -> tuple[nn.Module, bool]:
@@ -250,8 +251,14 @@ def _shared_bn(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
 
 
 def _stacked_bn(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
-    """One non-affine BatchNorm over the channels of ``len(bns)`` stacked edges; statistics written back."""
+    """One non-affine BatchNorm over the channels of ``len(bns)`` stacked edges; statistics written back.
+
+    Data-parallel with synchronised BatchNorm, each edge's module normalises its own channels (its
+    statistics are those of every process's batch).
+    """
     bn0 = bns[0]
+    if sync_batchnorm.synced(bn0):
+        return torch.cat([bn(h) for bn, h in zip(bns, x.chunk(len(bns), 1), strict=True)], 1)
     means: list[torch.Tensor] = [b.running_mean for b in bns]  # type: ignore[misc]
     variances: list[torch.Tensor] = [b.running_var for b in bns]  # type: ignore[misc]
     mean, var = torch.cat(means), torch.cat(variances)

@@ -44,6 +44,11 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--local-batchnorm",
+        action="store_true",
+        help="each process's own BatchNorm statistics (trainer.sync_batchnorm=false)",
+    )
+    p.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="CPU threads of all processes together"
     )
 
@@ -57,7 +62,9 @@ def worker(args: argparse.Namespace) -> None:
     from nasrun.train.distributed import join, leave
     from nasrun.train.trainer import Trainer
 
-    trainer = Trainer(device=args.device, channels_last="auto", threads=1)
+    trainer = Trainer(
+        device=args.device, channels_last="auto", threads=1, sync_batchnorm=not args.local_batchnorm
+    )
     world = trainer.world
     torch.set_num_threads(max(1, args.threads // world.size))
     join(world, trainer.device)
@@ -153,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(args, k) is not None
         for item in (f"--{k.replace('_', '-')}", str(getattr(args, k)))
     ]
+    if args.local_batchnorm:
+        passed.append("--local-batchnorm")
     worker_cmd = [str(HERE / "bench_ddp.py"), "--worker", *passed]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}"]
     rows = {}
@@ -169,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         "global_batch": args.batch_size,
         "device": args.device,
         "threads": args.threads,
+        "batchnorm": "local" if args.local_batchnorm else "synchronised",
     }
     for name in ("one", "many"):
         sec = rows[name]["sec_per_step"]

@@ -119,14 +119,40 @@ def timeless_history(path: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "wall_s"} for r in read_history(path)]
 
 
+def children(pid: int) -> list[int]:
+    """The processes that ``pid`` started (Linux's ``/proc``), e.g. torchrun's workers."""
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie waiting to be reaped does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def kill_when(proc: subprocess.Popen[str], path: Path, lines: int, group: bool = False) -> None:
-    """SIGKILL ``proc`` (``group``: its whole session, a launcher and its processes) once ``path`` holds ``lines`` lines."""
+    """SIGKILL ``proc`` once ``path`` holds ``lines`` lines.
+
+    ``group``: the whole job, a launcher with its session and the processes it started (torchrun
+    starts its workers in sessions of their own, so killing its session alone would leave them).
+    """
     wait_for_lines(proc, path, lines)
-    if group:
-        os.killpg(proc.pid, signal.SIGKILL)
-    else:
+    if not group:
         proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return
+    workers = children(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
+    deadline = time.monotonic() + 30
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 @pytest.fixture

@@ -44,11 +44,23 @@ def node_counts(genotype: Genotype, kind: str) -> list[int]:
     return list(own) if own else [2] * (len(edges) // 2)
 
 
-def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
-    """Zero whole samples with probability ``drop_prob`` and rescale the rest (Larsson et al. 2017)."""
+#: A data-parallel process's part of the global batch: ``(global batch size, start, stop)``.
+BatchShare = tuple[int, int, int]
+
+
+def drop_path(x: torch.Tensor, drop_prob: float, share: BatchShare | None = None) -> torch.Tensor:
+    """Zero whole samples with probability ``drop_prob`` and rescale the rest (Larsson et al. 2017).
+
+    ``share``: ``x`` holds rows ``start:stop`` of a global batch of ``n`` (a data-parallel process,
+    every process in the same random state): the masks of the whole global batch are drawn, as one
+    process would draw them, and this process keeps its rows.
+    """
     keep = 1.0 - drop_prob
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x * mask / keep
+    n, start, stop = share if share is not None else (x.size(0), 0, x.size(0))
+    if stop - start != x.size(0):
+        raise ValueError(f"drop_path: a share of rows {start}:{stop} for a batch of {x.size(0)}")
+    mask = torch.empty(n, 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x * mask[start:stop] / keep
 
 
 class Cell(nn.Module):
@@ -86,7 +98,10 @@ class Cell(nn.Module):
         self.ops = nn.ModuleList(make_op(name, C, 2 if reduction and j < 2 else 1) for name, j in edges)
         self.is_identity = [isinstance(op, nn.Identity) for op in self.ops]
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float, share: BatchShare | None = None
+    ) -> torch.Tensor:
+        """The cell's output; ``drop_prob`` and ``share`` as in ``drop_path``, in training mode."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         k = 0
         for n in self.per_node:
@@ -95,7 +110,7 @@ class Cell(nn.Module):
                 h = op(states[j])
                 # Identity edges are never dropped: dropping them would remove the only gradient path.
                 if self.training and drop_prob > 0.0 and not ident:
-                    h = drop_path(h, drop_prob)
+                    h = drop_path(h, drop_prob, share)
                 node = h if node is None else node + h
             k += n
             states.append(node if node is not None else self._zeros(states[1]))
@@ -163,6 +178,9 @@ class CifarCellNetwork(nn.Module):
         check_layers(layers, "layers")
         self.auxiliary = auxiliary
         self.drop_path_prob = 0.0
+        # Data-parallel training sets this process's part of each global batch, so that drop-path
+        # draws the masks one process would (``drop_path``).
+        self.drop_path_share: BatchShare | None = None
         C_curr = stem_multiplier * C
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr)
@@ -202,7 +220,7 @@ class CifarCellNetwork(nn.Module):
         s0 = s1 = self.stem(x)
         aux = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob, self.drop_path_share)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux = self.auxiliary_head(s1)
         logits = self.classifier(self.global_pooling(s1).flatten(1))

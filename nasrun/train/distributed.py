@@ -25,6 +25,9 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +194,34 @@ def join(world: World, device: torch.device) -> None:
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=TIMEOUT)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # started by torchrun: its agent is this process's parent
+        _end_with_launcher(os.getppid())
+
+
+#: How often a torchrun worker checks that its launcher is still there, in seconds.
+LAUNCHER_POLL_S = 1.0
+
+
+def _end_with_launcher(launcher: int) -> None:
+    """End this process when torchrun's agent, process ``launcher``, is gone.
+
+    torchrun starts its workers in sessions of their own, so a SIGKILL of the launcher (or of its
+    process group, as ``kill -9 -PGID`` or a terminal's hang-up) leaves them running: rank 0 would
+    go on writing the run folder while a ``resume=true`` rewrites it. A daemon thread watches the
+    parent process id (it changes when the parent dies) and ends the process with one line.
+    """
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(LAUNCHER_POLL_S)
+        sys.stderr.write(
+            f"nasrun: error: torchrun's launcher (process {launcher}) is gone; this process stops "
+            "too (resume=true goes on from the last checkpoint)\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="nasrun-launcher-watch", daemon=True).start()
 
 
 def _submitit_job() -> Any:

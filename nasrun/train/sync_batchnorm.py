@@ -8,8 +8,8 @@ global batch, on GPUs. PyTorch's kernels for it (``batch_norm_stats``,
 ``batch_norm_gather_stats_with_counts``) exist only for GPUs, so on the CPU (the Gloo backend) the
 same computation is written here with PyTorch's differentiable functional all-reduce
 (``torch.distributed._functional_collectives``, which its deprecated ``torch.distributed.nn``
-all-reduce points to): each process's count, mean and sum of squared deviations are combined as in Chan et al.'s
-parallel variance, the gradient flowing back to every process's share.
+all-reduce points to): each process's count, mean and sum of squared deviations are combined as
+in Chan et al.'s parallel variance, the gradient flowing back to every process's share.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def _global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float) -> to
     # all rows (an all-gather whose backward, an all-reduce of the gradients, Gloo supports).
     rank, size = dist.get_rank(), dist.get_world_size()
     table = torch.stack([row if r == rank else torch.zeros_like(row) for r in range(size)])
-    table = funcol.all_reduce(table, "sum", list(range(size)))  # differentiable: its backward all-reduces
+    group = dist.group.WORLD
+    assert group is not None  # _processes() > 1: the default group exists
+    table = funcol.all_reduce(table, "sum", group)  # differentiable: its backward all-reduces
     means, m2s, counts = table[:, :C], table[:, C : 2 * C], table[:, 2 * C :]
     n = counts.sum()
     g_mean = (counts * means).sum(0) / n
@@ -79,31 +81,30 @@ def _global_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, factor: float) -> to
     return out.to(x.dtype)
 
 
-def convert(module: nn.Module, device: torch.device) -> int:
-    """Replace ``module``'s BatchNorms (below it) by synchronised ones in place; returns how many.
+def convert(module: nn.Module, device: torch.device) -> None:
+    """Synchronise ``module``'s BatchNorms (below it), in place.
 
-    ``torch.nn.SyncBatchNorm`` on a GPU, ``CPUSyncBatchNorm2d`` on the CPU. The new modules hold the
-    same parameter and buffer tensors, so optimisers, checkpoints and references to the parameters
-    carry on.
+    On a GPU, ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``; on the CPU, ``CPUSyncBatchNorm2d``
+    in the same way. The new modules hold the same parameter and buffer tensors, so optimisers,
+    checkpoints and references to the parameters carry on.
     """
-    done = 0
+    if device.type != "cpu":
+        nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return
     for name, child in module.named_children():
-        if isinstance(child, _BatchNorm) and not synced(child):
-            cls = CPUSyncBatchNorm2d if device.type == "cpu" else nn.SyncBatchNorm
-            new = cls(
-                child.num_features,
-                child.eps,
-                child.momentum,
-                child.affine,
-                child.track_running_stats,
-                bias=child.bias is not None,
-            )
-            new.weight, new.bias = child.weight, child.bias
-            new.running_mean, new.running_var = child.running_mean, child.running_var
-            new.num_batches_tracked = child.num_batches_tracked
-            new.train(child.training)
-            setattr(module, name, new)
-            done += 1
-        else:
-            done += convert(child, device)
-    return done
+        if not isinstance(child, _BatchNorm) or synced(child):
+            convert(child, device)
+            continue
+        new = CPUSyncBatchNorm2d(
+            child.num_features,
+            child.eps,
+            child.momentum,
+            child.affine,
+            child.track_running_stats,
+            bias=child.bias is not None,
+        )
+        new.weight, new.bias = child.weight, child.bias
+        new.running_mean, new.running_var = child.running_mean, child.running_var
+        new.num_batches_tracked = child.num_batches_tracked
+        new.train(child.training)
+        setattr(module, name, new)

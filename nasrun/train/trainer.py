@@ -179,7 +179,9 @@ class Trainer(Runtime):
         Args:
             model: returns logits ``[B, K]``, or ``(logits, aux_logits)`` in training mode when it
                 has an auxiliary head. A ``drop_path_prob`` attribute, if present, is ramped
-                linearly from 0 to ``drop_path`` over the epochs (DARTS retraining).
+                linearly from 0 to ``drop_path`` over the epochs (DARTS retraining); a
+                ``drop_path_share`` attribute is set to this process's part of each global batch
+                when data-parallel (``None`` alone), so that the masks are one process's.
             data: the data module.
             run_dir: if given, checkpoints go to ``run_dir/checkpoints/{phase}.pt`` and one line per
                 epoch to ``run_dir/{phase}_history.jsonl``.
@@ -273,6 +275,11 @@ class Trainer(Runtime):
                     if share is None:
                         continue
                     x, y = share
+                    if hasattr(module, "drop_path_share"):  # the masks of the global batch, this share's rows
+                        part = world.shard(len(batch[0]))
+                        cast(Any, module).drop_path_share = (
+                            (len(batch[0]), part.start, part.stop) if world.active else None
+                        )
                     loss, logits = self.train_step(model, module, opt, x, y, aux_weight)
                     if check is not None:
                         check.step()

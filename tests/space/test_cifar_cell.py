@@ -5,7 +5,7 @@ import torch
 
 from nasrun import UserError
 from nasrun.pipeline import named_genotype
-from nasrun.space.cifar_cell import CifarCellSpace
+from nasrun.space.cifar_cell import CifarCellSpace, drop_path
 from nasrun.train.measure import count_params
 
 
@@ -30,6 +30,24 @@ def test_network_forward_with_auxiliary_head_and_drop_path() -> None:
     assert logits.shape == aux.shape == (4, 10)
     net.eval()
     assert net(torch.randn(4, 1, 16, 16)).shape == (4, 10)
+
+
+def test_a_share_of_a_batch_gets_its_rows_of_the_global_batchs_drop_path_masks() -> None:
+    """Data-parallel processes in the same random state, each with its rows of a global batch of 7,
+    drop the paths that one process drops on the whole batch."""
+    x = torch.randn(7, 3, 2, 2)
+    torch.manual_seed(1)
+    whole = drop_path(x, 0.5)
+    parts = []
+    for start, stop in [(0, 4), (4, 7)]:
+        torch.manual_seed(1)
+        parts.append(drop_path(x[start:stop], 0.5, (7, start, stop)))
+    assert torch.equal(torch.cat(parts), whole)
+    assert 0 < int((whole.flatten(1) == 0).all(1).sum()) < 7  # some rows dropped, not all
+    torch.manual_seed(1)
+    assert not torch.equal(drop_path(x[4:7], 0.5), whole[4:7])  # its own draws: other masks
+    with pytest.raises(ValueError, match="rows 0:4 for a batch of 3"):
+        drop_path(x[4:7], 0.5, (7, 0, 4))
 
 
 def test_too_few_layers_is_a_clear_error() -> None:

@@ -33,7 +33,9 @@ def main() -> None:
         nn.Conv2d(4, 5, 3),
         nn.BatchNorm2d(5, affine=False, momentum=None),
     )
-    converted = 0 if local or not world.active else sync_batchnorm.convert(net, torch.device("cpu"))
+    if world.active and not local:
+        sync_batchnorm.convert(net, torch.device("cpu"))
+    converted = sum(map(sync_batchnorm.synced, net.modules()))
     if channels_last:
         net.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from nasrun.space.depthwise import DepthwiseConv2d
 from nasrun.space.ops import FactorizedReduce
@@ -59,7 +60,7 @@ class Widening:
                 if isinstance(value, torch.Tensor) and value.shape == old_shape:
                     state[key] = _append(value, dim, index.to(value.device))
 
-    def bn(self, bn: nn.BatchNorm2d | nn.SyncBatchNorm, index: torch.Tensor) -> None:
+    def bn(self, bn: _BatchNorm, index: torch.Tensor) -> None:
         """Append channels ``index`` to ``bn``'s statistics and affine parameters."""
         with torch.no_grad():
             for name in ("running_mean", "running_var"):
@@ -106,7 +107,7 @@ class Widening:
             return None
         if isinstance(module, nn.Conv2d):
             return self.conv(module, new, index)
-        if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):  # synced: data-parallel
+        if isinstance(module, _BatchNorm):  # plain, or synchronised (data-parallel)
             chosen = index if index is not None else self.choose(module.num_features, new)
             self.bn(module, chosen)
             return chosen

@@ -151,7 +151,8 @@ def kill_when(proc: subprocess.Popen[str], path: Path, lines: int, group: bool =
             os.kill(pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 30
-    while any(map(running, workers)) and time.monotonic() < deadline:
+    while any(map(running, workers)):
+        assert time.monotonic() < deadline, f"processes {workers} still run 30 s after SIGKILL"
         time.sleep(0.02)
 
 

@@ -74,6 +74,13 @@ class World:
         start = self.rank * q + min(self.rank, r)
         return slice(start, start + q + (1 if self.rank < r else 0))
 
+    def rows(self, n: int) -> tuple[int, int, int] | None:
+        """``(n, start, stop)``: this rank's rows of a global batch of ``n``; ``None`` when alone."""
+        if not self.active:
+            return None
+        part = self.shard(n)
+        return n, part.start, part.stop
+
     def share(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...] | None:
         """This rank's share of a global batch (the tensors themselves when alone).
 
@@ -206,7 +213,7 @@ def _end_with_launcher(launcher: int) -> None:
     """End this process when torchrun's agent, process ``launcher``, is gone.
 
     torchrun starts its workers in sessions of their own, so a SIGKILL of the launcher (or of its
-    process group, as ``kill -9 -PGID`` or a terminal's hang-up) leaves them running: rank 0 would
+    process group, ``kill -9 -PGID``), which it cannot pass on, leaves them running: rank 0 would
     go on writing the run folder while a ``resume=true`` rewrites it. A daemon thread watches the
     parent process id (it changes when the parent dies) and ends the process with one line.
     """

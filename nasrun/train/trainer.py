@@ -276,10 +276,7 @@ class Trainer(Runtime):
                         continue
                     x, y = share
                     if hasattr(module, "drop_path_share"):  # the masks of the global batch, this share's rows
-                        part = world.shard(len(batch[0]))
-                        cast(Any, module).drop_path_share = (
-                            (len(batch[0]), part.start, part.stop) if world.active else None
-                        )
+                        cast(Any, module).drop_path_share = world.rows(len(batch[0]))
                     loss, logits = self.train_step(model, module, opt, x, y, aux_weight)
                     if check is not None:
                         check.step()

@@ -41,6 +41,8 @@ def test_the_ranks_shards_cover_a_batch_once_in_order(n: int, size: int) -> None
     assert covered == list(range(n))
     lengths = [p.stop - p.start for p in parts]
     assert max(lengths) - min(lengths) <= 1
+    rows = [World(rank, size).rows(n) for rank in range(size)]  # what drop-path is told
+    assert rows == ([None] if size == 1 else [(n, p.start, p.stop) for p in parts])
 
 
 def test_the_world_comes_from_torchruns_variables() -> None:
@@ -177,8 +179,11 @@ def test_the_processes_of_a_killed_launcher_stop_and_leave_a_resumable_folder(tm
     job.kill()  # the launcher only
     _, err = job.communicate(timeout=60)  # the workers hold the pipes: they have stopped too
     assert not any(map(running, workers))
-    gone = [line for line in err.splitlines() if "torchrun's launcher" in line]
-    assert len(gone) == 2 and all(line.startswith("nasrun: error:") for line in gone), err
+    # Each process stops on its own check, or on the collective call that lost the first to stop
+    # (then the first process says that another one failed): which comes first is a race.
+    ours = [line for line in err.splitlines() if line.startswith("nasrun: error:")]
+    assert any("torchrun's launcher" in line for line in ours), err
+    assert all("torchrun's launcher" in line or "another process of this" in line for line in ours), err
     kept = len(history.read_text().splitlines())
     assert kept < 8
     resumed = run_cli(*args, "resume=true", cwd=tmp_path, launcher=TORCHRUN)
